@@ -1,0 +1,300 @@
+"""Pairing and session state, with no I/O.
+
+This module is the heart of roulette: who is waiting, who chats with whom,
+and where a message may go.  It imports nothing from Twisted or Autobahn.
+Time comes from a ``clock`` callable and randomness from a ``random.Random``
+passed in, so every decision can be replayed in a test.
+
+Two small interfaces connect it to the outside world:
+
+* :class:`Peer` is what the matchmaker calls on a connected client.  The
+  WebSocket protocol implements it by encoding and sending an event.
+* :class:`Matchmaker` is what the transport calls.  :class:`MemoryMatchmaker`
+  implements it for a single process; a backend shared by many processes can
+  implement the same interface without the transport noticing.
+
+Pairing rules (see ``docs/protocol.md``):
+
+* A client is paired as soon as an eligible partner waits, chosen uniformly at
+  random among the eligible ones; nobody waits while an eligible partner waits
+  too.
+* Never with itself, never with more than one partner, always symmetrically.
+* Two clients whose chat ended less than ``cooldown`` seconds ago are not
+  eligible for each other.  When such a cooldown runs out while both still
+  wait, they must be paired at that moment: :meth:`Matchmaker.next_deadline`
+  tells the caller when to call :meth:`Matchmaker.advance`.
+* A message goes to the sender's partner at the moment it is handled, and to
+  nobody else.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Peer(Protocol):
+    """A connected client, as the matchmaker sees it.
+
+    Implementations deliver each call to their client and must not call back
+    into the matchmaker from inside these methods.
+    """
+
+    def send_waiting(self) -> None:
+        """You are in the queue."""
+
+    def send_paired(self) -> None:
+        """You have a partner."""
+
+    def send_message(self, text: str) -> None:
+        """Your partner said ``text``."""
+
+    def send_typing(self, active: bool) -> None:
+        """Your partner started (``True``) or stopped (``False``) typing."""
+
+    def send_partner_left(self) -> None:
+        """Your chat ended; you are idle."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """How many clients are connected, queued and in a chat."""
+
+    online: int
+    waiting: int
+    chatting: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"online": self.online, "waiting": self.waiting, "chatting": self.chatting}
+
+
+class Matchmaker(Protocol):
+    """What a transport calls.  Every method is keyed by the :class:`Peer`."""
+
+    def connect(self, peer: Peer) -> None:
+        """A new client arrived: it joins the queue at once."""
+
+    def next(self, peer: Peer) -> None:
+        """End the peer's chat (its partner is told) or leave the queue, then queue again."""
+
+    def stop(self, peer: Peer) -> None:
+        """End the peer's chat (its partner is told) or leave the queue; the peer is idle."""
+
+    def disconnect(self, peer: Peer) -> None:
+        """The client is gone; its partner, if any, is told."""
+
+    def relay_message(self, peer: Peer, text: str) -> bool:
+        """Deliver ``text`` to the peer's partner; ``False`` if it has none."""
+
+    def relay_typing(self, peer: Peer, active: bool) -> bool:
+        """Deliver a typing notice to the peer's partner; ``False`` if it has none."""
+
+    def stats(self) -> Stats:
+        """Counts for ``/healthz`` and the ``online`` event."""
+
+    def next_deadline(self) -> float | None:
+        """The clock time at which :meth:`advance` must run, or ``None``."""
+
+    def advance(self) -> None:
+        """Pair the waiting clients whose cooldown has run out by now."""
+
+
+class AlreadyConnected(Exception):
+    """:meth:`MemoryMatchmaker.connect` was called twice for one peer."""
+
+
+class MemoryMatchmaker:
+    """The :class:`Matchmaker` of a single process.
+
+    :param rng: the source of every random choice.
+    :param clock: returns the current time in seconds.
+    :param cooldown: seconds after a chat ends during which its two clients
+        are not paired again.
+
+    Cost: joining the queue is linear in the number of waiting clients.  That
+    number stays tiny, because every two waiting clients must be in cooldown
+    with each other: the queue is never longer than one plus the number of
+    recent partners of any client in it.
+    """
+
+    def __init__(
+        self, rng: random.Random, clock: Callable[[], float], cooldown: float = 60.0
+    ) -> None:
+        if cooldown < 0:
+            raise ValueError("cooldown must not be negative")
+        self._rng = rng
+        self._clock = clock
+        self._cooldown = cooldown
+        self._online: set[Peer] = set()
+        # An ordered set: iteration order is arrival order, which keeps every
+        # choice reproducible for a given random source.
+        self._waiting: dict[Peer, None] = {}
+        self._partner: dict[Peer, Peer] = {}
+        # recent[a][b] == recent[b][a] == the time their cooldown runs out.
+        self._recent: dict[Peer, dict[Peer, float]] = {}
+        # Every cooldown, to forget it once it has run out.
+        self._expiries: list[tuple[float, int, Peer, Peer]] = []
+        # Cooldowns that keep two waiting clients apart: when one runs out,
+        # the two may have to be paired.
+        self._blocked: list[tuple[float, int, Peer, Peer]] = []
+        self._seq = itertools.count()
+
+    # -- the Matchmaker interface ---------------------------------------
+
+    def connect(self, peer: Peer) -> None:
+        if peer in self._online:
+            raise AlreadyConnected(peer)
+        self._online.add(peer)
+        self._advance(self._clock())
+        self._enqueue(peer)
+
+    def next(self, peer: Peer) -> None:
+        self._require_online(peer)
+        now = self._clock()
+        self._advance(now)
+        self._leave(peer, now)
+        self._enqueue(peer)
+
+    def stop(self, peer: Peer) -> None:
+        self._require_online(peer)
+        now = self._clock()
+        self._advance(now)
+        self._leave(peer, now)
+
+    def disconnect(self, peer: Peer) -> None:
+        if peer not in self._online:
+            return
+        now = self._clock()
+        self._advance(now)
+        partner = self._partner.pop(peer, None)
+        if partner is not None:
+            del self._partner[partner]
+            partner.send_partner_left()
+        self._waiting.pop(peer, None)
+        self._online.discard(peer)
+        for other in self._recent.pop(peer, {}):
+            others = self._recent[other]
+            del others[peer]
+            if not others:
+                del self._recent[other]
+
+    def relay_message(self, peer: Peer, text: str) -> bool:
+        partner = self._partner.get(peer)
+        if partner is None:
+            return False
+        partner.send_message(text)
+        return True
+
+    def relay_typing(self, peer: Peer, active: bool) -> bool:
+        partner = self._partner.get(peer)
+        if partner is None:
+            return False
+        partner.send_typing(active)
+        return True
+
+    def stats(self) -> Stats:
+        return Stats(len(self._online), len(self._waiting), len(self._partner))
+
+    def next_deadline(self) -> float | None:
+        blocked = self._blocked
+        while blocked and not self._still_blocked(blocked[0]):
+            heapq.heappop(blocked)
+        return blocked[0][0] if blocked else None
+
+    def advance(self) -> None:
+        self._advance(self._clock())
+
+    # -- read-only views, for tests and operators -------------------------
+
+    def partner_of(self, peer: Peer) -> Peer | None:
+        """The peer's current partner, or ``None``."""
+        return self._partner.get(peer)
+
+    def is_waiting(self, peer: Peer) -> bool:
+        return peer in self._waiting
+
+    # -- internals -------------------------------------------------------
+
+    def _require_online(self, peer: Peer) -> None:
+        if peer not in self._online:
+            raise KeyError(f"{peer!r} is not connected")
+
+    def _leave(self, peer: Peer, now: float) -> None:
+        """End the peer's chat or take it out of the queue; it becomes idle."""
+        partner = self._partner.pop(peer, None)
+        if partner is not None:
+            del self._partner[partner]
+            self._start_cooldown(peer, partner, now)
+            partner.send_partner_left()
+        else:
+            self._waiting.pop(peer, None)
+
+    def _start_cooldown(self, a: Peer, b: Peer, now: float) -> None:
+        if self._cooldown <= 0:
+            return
+        expiry = now + self._cooldown
+        self._recent.setdefault(a, {})[b] = expiry
+        self._recent.setdefault(b, {})[a] = expiry
+        heapq.heappush(self._expiries, (expiry, next(self._seq), a, b))
+
+    def _enqueue(self, peer: Peer) -> None:
+        peer.send_waiting()
+        self._place(peer, self._clock())
+
+    def _place(self, peer: Peer, now: float) -> None:
+        """Pair an idle peer with a random eligible waiting one, or queue it."""
+        recent = self._recent.get(peer, {})
+        eligible = [w for w in self._waiting if recent.get(w, now) <= now]
+        if eligible:
+            partner = eligible[0] if len(eligible) == 1 else self._rng.choice(eligible)
+            del self._waiting[partner]
+            self._partner[peer] = partner
+            self._partner[partner] = peer
+            partner.send_paired()
+            peer.send_paired()
+            return
+        # Nobody eligible: every waiting client is in cooldown with this one.
+        for other in self._waiting:
+            heapq.heappush(self._blocked, (recent[other], next(self._seq), peer, other))
+        self._waiting[peer] = None
+
+    def _still_blocked(self, entry: tuple[float, int, Peer, Peer]) -> bool:
+        """Whether a blocked-pair entry still describes two waiting clients."""
+        expiry, _, a, b = entry
+        return (
+            a in self._waiting
+            and b in self._waiting
+            and self._recent.get(a, {}).get(b, expiry) == expiry
+        )
+
+    def _advance(self, now: float) -> None:
+        # Forget cooldowns that have run out.
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expiry, _, a, b = heapq.heappop(expiries)
+            mine = self._recent.get(a)
+            if mine is None or mine.get(b) != expiry:
+                continue  # one of them left; already forgotten
+            del mine[b]
+            if not mine:
+                del self._recent[a]
+            theirs = self._recent[b]
+            del theirs[a]
+            if not theirs:
+                del self._recent[b]
+        # Waiting clients freed from a cooldown look for a partner again.
+        blocked = self._blocked
+        freed: dict[Peer, None] = {}
+        while blocked and blocked[0][0] <= now:
+            entry = heapq.heappop(blocked)
+            if self._still_blocked(entry):
+                freed[entry[2]] = None
+                freed[entry[3]] = None
+        for peer in freed:
+            if peer in self._waiting:
+                del self._waiting[peer]
+                self._place(peer, now)

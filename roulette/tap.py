@@ -1,0 +1,91 @@
+"""``twistd roulette``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import txaio
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.python import usage
+
+from roulette import wire
+from roulette.core import MemoryMatchmaker
+from roulette.server import Lobby
+from roulette.web import default_web_root, make_site
+
+
+class Options(usage.Options):
+    synopsis = "[--port ENDPOINT] [--web-root DIR] [options]"
+    longdesc = (
+        "Serve roulette, a random one-to-one chat: the page at /, the WebSocket at /ws "
+        "and a health check at /healthz, all on one port."
+    )
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            "tcp:8080",
+            "Endpoint to listen on, as a Twisted endpoint string "
+            "(e.g. tcp:8080, tcp6:8080:interface=\\:\\:, "
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem).",
+        ],
+        ["web-root", None, None, "Directory of the page to serve [default: the shipped page]."],
+        [
+            "max-message-length",
+            None,
+            2000,
+            f"Longest chat message accepted, in characters (1 to {wire.MAX_TEXT_LIMIT}).",
+            int,
+        ],
+        [
+            "repair-cooldown",
+            None,
+            60.0,
+            "Seconds after a chat ends during which its two clients are not paired again.",
+            float,
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if not 1 <= self["max-message-length"] <= wire.MAX_TEXT_LIMIT:
+            raise usage.UsageError(
+                f"--max-message-length must be between 1 and {wire.MAX_TEXT_LIMIT}"
+            )
+        if not self["repair-cooldown"] >= 0:
+            raise usage.UsageError("--repair-cooldown must not be negative")
+        if self["web-root"] is None:
+            self["web-root"] = default_web_root()
+        else:
+            root = Path(self["web-root"])
+            if not (root / "index.html").is_file():
+                raise usage.UsageError(f"--web-root {root} has no index.html")
+            self["web-root"] = root
+
+
+def makeService(config: Options, reactor: IReactorCore | None = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    # Autobahn logs every frame and close at debug level; keep the log readable.
+    txaio.set_global_log_level("info")
+    parent = MultiService()
+    matchmaker = MemoryMatchmaker(
+        random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
+    )
+    lobby = Lobby(matchmaker, clock)
+    lobby.setServiceParent(parent)
+    site = make_site(lobby, config["web-root"], config["max-message-length"])
+    endpoint = endpoints.serverFromString(reactor, config["port"])
+    listener = StreamServerEndpointService(endpoint, site)
+    # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(parent)
+    return parent

@@ -1,0 +1,135 @@
+"""Wire protocol v1: decoding client commands and encoding server events.
+
+Plain functions over bytes and strings, with no I/O.  ``docs/protocol.md`` is
+the contract; this module is its implementation.  Every frame is one JSON
+object with a string field ``type``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+#: Largest frame or message the server accepts, in bytes (close 1009 above it).
+MAX_PAYLOAD = 64 * 1024
+
+#: Largest ``--max-message-length`` allowed: a message of that many
+#: characters, each escaped to six bytes, still fits in ``MAX_PAYLOAD``.
+MAX_TEXT_LIMIT = 10_000
+
+#: Error codes, in the order in which they are checked.
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+TOO_LONG = "too_long"
+NOT_PAIRED = "not_paired"
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+Command = Message | Typing | Next | Stop
+
+_NEXT = Next()
+_STOP = Stop()
+
+
+class CommandError(Exception):
+    """A frame was refused; ``code`` and ``message`` go into an ``error`` event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def parse_command(payload: bytes | str, max_length: int) -> Command:
+    """Decode one text frame into a command, or raise :class:`CommandError`.
+
+    ``max_length`` is the longest message text accepted, in Unicode code
+    points.
+    """
+    try:
+        obj = json.loads(payload)
+    except RecursionError:
+        raise CommandError(BAD_JSON, "The frame is nested too deeply to parse.") from None
+    except ValueError:
+        raise CommandError(BAD_JSON, "The frame is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise CommandError(BAD_MESSAGE, "A command must be a JSON object.")
+    kind = obj.get("type")
+    if kind == "message":
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise CommandError(BAD_MESSAGE, 'A message needs a string field "text".')
+        if not text or text.isspace():
+            raise CommandError(BAD_MESSAGE, "A message must not be empty or only whitespace.")
+        if _LONE_SURROGATE.search(text):
+            raise CommandError(BAD_MESSAGE, "The message text is not valid Unicode.")
+        if len(text) > max_length:
+            raise CommandError(
+                TOO_LONG, f"A message may be at most {max_length} characters long."
+            )
+        return Message(text)
+    if kind == "typing":
+        active = obj.get("active")
+        if not isinstance(active, bool):
+            raise CommandError(BAD_MESSAGE, 'A typing command needs a boolean field "active".')
+        return Typing(active)
+    if kind == "next":
+        return _NEXT
+    if kind == "stop":
+        return _STOP
+    if not isinstance(kind, str):
+        raise CommandError(BAD_MESSAGE, 'A command needs a string field "type".')
+    raise CommandError(BAD_MESSAGE, f"Unknown command type {kind[:40]!r}.")
+
+
+def _frame(event: dict[str, object]) -> bytes:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+#: Events without fields never change: encode them once.
+WAITING = _frame({"type": "waiting"})
+PAIRED = _frame({"type": "paired"})
+PARTNER_LEFT = _frame({"type": "partner_left"})
+TYPING_ON = _frame({"type": "typing", "active": True})
+TYPING_OFF = _frame({"type": "typing", "active": False})
+
+_MESSAGE_PREFIX = b'{"type":"message","text":'
+
+
+def encode_message(text: str) -> bytes:
+    """The ``message`` event carrying ``text`` verbatim."""
+    return _MESSAGE_PREFIX + json.dumps(text, ensure_ascii=False).encode("utf-8") + b"}"
+
+
+def encode_typing(active: bool) -> bytes:
+    return TYPING_ON if active else TYPING_OFF
+
+
+def encode_online(count: int) -> bytes:
+    return b'{"type":"online","count":%d}' % count
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return _frame({"type": "error", "code": code, "message": message})
