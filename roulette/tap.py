@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import txaio
-
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints

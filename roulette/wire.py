@@ -86,9 +86,7 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
         if _LONE_SURROGATE.search(text):
             raise CommandError(BAD_MESSAGE, "The message text is not valid Unicode.")
         if len(text) > max_length:
-            raise CommandError(
-                TOO_LONG, f"A message may be at most {max_length} characters long."
-            )
+            raise CommandError(TOO_LONG, f"A message may be at most {max_length} characters long.")
         return Message(text)
     if kind == "typing":
         active = obj.get("active")

@@ -59,9 +59,7 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"twistd exited with {self.process.returncode}:\n{self.log()}"
-                )
+                raise RuntimeError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
             try:
                 self.health()
                 return self
