@@ -1,0 +1,49 @@
+"""Test doubles for the pure core: a peer that records what it is told."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RecordingPeer:
+    """A :class:`roulette.core.Peer` that keeps every event it receives."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[tuple[Any, ...]] = []
+        #: What the last status event said: waiting, paired or partner_left.
+        self.status: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<peer {self.name}>"
+
+    def send_waiting(self) -> None:
+        self.events.append(("waiting",))
+        self.status = "waiting"
+
+    def send_paired(self) -> None:
+        self.events.append(("paired",))
+        self.status = "paired"
+
+    def send_message(self, text: str) -> None:
+        self.events.append(("message", text))
+
+    def send_typing(self, active: bool) -> None:
+        self.events.append(("typing", active))
+
+    def send_partner_left(self) -> None:
+        self.events.append(("partner_left",))
+        self.status = "partner_left"
+
+    def take(self) -> list[tuple[Any, ...]]:
+        """The events received since the last call."""
+        events, self.events = self.events, []
+        return events
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

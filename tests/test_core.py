@@ -1,0 +1,429 @@
+"""The pure matchmaker: pairing rules, relay, cooldowns, and an invariant
+checker driven by hypothesis through random sequences of client actions."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from fakes import FakeClock, RecordingPeer
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+)
+
+from roulette.core import AlreadyConnected, MemoryMatchmaker, Stats
+
+
+def make(cooldown: float = 60.0, seed: int = 1) -> tuple[MemoryMatchmaker, FakeClock]:
+    clock = FakeClock()
+    return MemoryMatchmaker(random.Random(seed), clock, cooldown=cooldown), clock
+
+
+def peers(*names: str) -> list[RecordingPeer]:
+    return [RecordingPeer(n) for n in names]
+
+
+def test_first_client_waits_second_pairs_with_it() -> None:
+    mm, _ = make()
+    a, b = peers("a", "b")
+    mm.connect(a)
+    assert a.take() == [("waiting",)]
+    mm.connect(b)
+    assert a.take() == [("paired",)]
+    assert b.take() == [("waiting",), ("paired",)]
+    assert mm.partner_of(a) is b and mm.partner_of(b) is a
+    assert mm.stats() == Stats(online=2, waiting=0, chatting=2)
+
+
+def test_connect_twice_is_refused() -> None:
+    mm, _ = make()
+    (a,) = peers("a")
+    mm.connect(a)
+    with pytest.raises(AlreadyConnected):
+        mm.connect(a)
+
+
+def test_message_goes_to_partner_only_and_verbatim() -> None:
+    mm, _ = make()
+    a, b, c = peers("a", "b", "c")
+    for p in (a, b, c):
+        mm.connect(p)
+    for p in (a, b, c):
+        p.take()
+    text = "  <b>hi</b> \u00e9\U0001f600  "
+    assert mm.relay_message(a, text) is True
+    assert b.take() == [("message", text)]
+    assert a.take() == [] and c.take() == []
+    assert mm.relay_message(c, "anyone?") is False
+    assert a.take() == [] and b.take() == []
+
+
+def test_typing_relayed_to_partner_and_dropped_without_one() -> None:
+    mm, _ = make()
+    a, b, c = peers("a", "b", "c")
+    for p in (a, b, c):
+        mm.connect(p)
+    for p in (a, b, c):
+        p.take()
+    assert mm.relay_typing(b, True) is True
+    assert a.take() == [("typing", True)]
+    assert mm.relay_typing(c, True) is False
+    assert [p.take() for p in (a, b, c)] == [[], [], []]
+
+
+def test_next_tells_partner_and_requeues_the_one_who_pressed_it() -> None:
+    mm, _ = make()
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    a.take(), b.take()
+    mm.next(a)
+    assert b.take() == [("partner_left",)]
+    assert a.take() == [("waiting",)]
+    # b stays idle until it asks for someone new.
+    assert mm.stats() == Stats(online=2, waiting=1, chatting=0)
+    assert not mm.is_waiting(b)
+    # Messages no longer reach the old partner.
+    assert mm.relay_message(a, "still there?") is False
+    assert b.take() == []
+
+
+def test_stop_makes_both_idle() -> None:
+    mm, _ = make()
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    a.take(), b.take()
+    mm.stop(b)
+    assert a.take() == [("partner_left",)]
+    assert b.take() == []
+    assert mm.stats() == Stats(online=2, waiting=0, chatting=0)
+    # Stop while waiting leaves the queue; stop while idle does nothing.
+    mm.next(a)
+    mm.stop(a)
+    mm.stop(a)
+    assert mm.stats() == Stats(online=2, waiting=0, chatting=0)
+
+
+def test_next_while_waiting_requeues() -> None:
+    mm, _ = make()
+    (a,) = peers("a")
+    mm.connect(a)
+    mm.next(a)
+    assert a.take() == [("waiting",), ("waiting",)]
+    assert mm.stats() == Stats(online=1, waiting=1, chatting=0)
+
+
+def test_disconnect_tells_partner_and_clears_everything() -> None:
+    mm, _ = make()
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a)
+    mm.connect(b)
+    mm.connect(c)
+    a.take(), b.take()
+    mm.disconnect(a)
+    assert b.take() == [("partner_left",)]
+    mm.disconnect(c)  # a waiting client
+    mm.disconnect(c)  # twice is harmless
+    assert mm.stats() == Stats(online=1, waiting=0, chatting=0)
+    with pytest.raises(KeyError):
+        mm.next(a)
+
+
+def test_cooldown_keeps_former_partners_apart_then_pairs_them() -> None:
+    mm, clock = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)  # a waits; b is idle
+    clock.now += 10
+    mm.next(b)  # b may not meet a again yet
+    assert mm.is_waiting(a) and mm.is_waiting(b)
+    assert mm.next_deadline() == pytest.approx(1000 + 60)
+    clock.now = 1059.999
+    mm.advance()
+    assert mm.is_waiting(a) and mm.is_waiting(b)
+    clock.now = 1060
+    mm.advance()
+    assert mm.partner_of(a) is b
+    assert a.events[-1] == ("paired",) and b.events[-1] == ("paired",)
+    assert mm.next_deadline() is None
+
+
+def test_newcomer_is_not_blocked_by_others_cooldown() -> None:
+    mm, _ = make(cooldown=60)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)
+    mm.next(b)  # a and b both wait, apart
+    mm.connect(c)
+    assert mm.partner_of(c) in (a, b)
+    assert mm.stats().waiting == 1
+
+
+def test_zero_cooldown_allows_immediate_rematch() -> None:
+    mm, _ = make(cooldown=0)
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)
+    mm.next(b)
+    assert mm.partner_of(a) is b
+    assert mm.next_deadline() is None
+
+
+def test_disconnect_forgets_cooldowns() -> None:
+    mm, _ = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)
+    mm.disconnect(b)
+    mm.disconnect(a)
+    assert mm._recent == {}
+    assert mm.next_deadline() is None
+
+
+def test_an_operation_after_a_missed_deadline_still_pairs_the_freed() -> None:
+    """Even if the caller wakes late, nobody stays waiting beside an eligible partner."""
+    mm, clock = make(cooldown=60)
+    a, b, c, d = peers("a", "b", "c", "d")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)
+    mm.next(b)
+    clock.now += 120  # advance() was never called
+    mm.connect(c)
+    mm.connect(d)
+    assert mm.stats() == Stats(online=4, waiting=0, chatting=4)
+
+
+def test_choice_among_eligible_partners_is_uniform() -> None:
+    """Three waiting clients, all in cooldown with each other; a newcomer
+    picks each of them about a third of the time."""
+    counts: Counter[str] = Counter()
+    trials = 3000
+    rng = random.Random(12345)
+    for _ in range(trials):
+        clock = FakeClock()
+        mm = MemoryMatchmaker(rng, clock, cooldown=60)
+        a, b, c, d = peers("a", "b", "c", "d")
+        mm.connect(a)
+        mm.connect(b)
+        mm.stop(a)  # a-b in cooldown, both idle
+        mm.connect(c)
+        mm.next(a)  # a meets c
+        mm.stop(c)  # a-c in cooldown
+        mm.next(b)
+        mm.next(c)  # b meets c
+        mm.stop(b)  # b-c in cooldown
+        mm.next(a)
+        mm.next(b)
+        mm.next(c)
+        assert mm.stats().waiting == 3
+        mm.connect(d)
+        counts[mm.partner_of(d).name] += 1  # type: ignore[union-attr]
+    assert set(counts) == {"a", "b", "c"}
+    # Expected 1000 each; 4.5 standard deviations is about +-117.
+    for name in "abc":
+        assert abs(counts[name] - trials / 3) < 117, counts
+
+
+class MatchmakerMachine(RuleBasedStateMachine):
+    """Random connects, nexts, stops, messages, typing, disconnects and the
+    passing of time, checking the pairing rules after every step."""
+
+    COOLDOWN = 30.0
+
+    clients = Bundle("clients")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.mm = MemoryMatchmaker(random.Random(0), self.clock, cooldown=self.COOLDOWN)
+        self.online: list[RecordingPeer] = []
+        self.gone: list[RecordingPeer] = []
+        self.count = 0
+        # The model's own memory of who chatted with whom, and when it ended.
+        self.partner: dict[RecordingPeer, RecordingPeer] = {}
+        self.ended: dict[frozenset[RecordingPeer], float] = {}
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _observe_pairings(self) -> None:
+        """Learn new pairs from the matchmaker, checking each is allowed."""
+        for p in self.online:
+            q = self.mm.partner_of(p)
+            if q is not None and self.partner.get(p) is not q:
+                assert p not in self.partner, f"{p} got a second partner"
+                assert q not in self.partner, f"{q} got a second partner"
+                ended = self.ended.get(frozenset((p, q)))
+                assert ended is None or self.clock.now - ended >= self.COOLDOWN, (
+                    f"{p} and {q} re-paired during their cooldown"
+                )
+                self.partner[p] = q
+                self.partner[q] = p
+                assert p.events[-1] == ("paired",) and q.events[-1] == ("paired",)
+
+    def _end(self, p: RecordingPeer, record_cooldown: bool) -> RecordingPeer | None:
+        q = self.partner.pop(p, None)
+        if q is not None:
+            del self.partner[q]
+            if record_cooldown:
+                self.ended[frozenset((p, q))] = self.clock.now
+        return q
+
+    def _silence(self) -> None:
+        for p in self.online:
+            p.take()
+
+    # -- rules -------------------------------------------------------------------
+
+    @rule(target=clients)
+    def connect(self) -> RecordingPeer:
+        self.count += 1
+        p = RecordingPeer(f"c{self.count}")
+        self.online.append(p)
+        self.mm.connect(p)
+        assert p.events[0] == ("waiting",)
+        self._observe_pairings()
+        return p
+
+    @rule(p=clients)
+    def next(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        q = self._end(p, record_cooldown=True)
+        self.mm.next(p)
+        if q is not None:
+            assert q.events == [("partner_left",)]
+        assert p.events[0] == ("waiting",)
+        self._observe_pairings()
+
+    @rule(p=clients)
+    def stop(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        q = self._end(p, record_cooldown=True)
+        self.mm.stop(p)
+        if q is not None:
+            assert q.events == [("partner_left",)]
+        assert p.events == []
+        assert not self.mm.is_waiting(p) and self.mm.partner_of(p) is None
+        self._observe_pairings()
+
+    @rule(p=consumes(clients))
+    def disconnect(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        q = self._end(p, record_cooldown=False)
+        self.mm.disconnect(p)
+        self.online.remove(p)
+        self.gone.append(p)
+        assert p.events == []
+        if q is not None:
+            assert q.events == [("partner_left",)]
+        self._observe_pairings()
+
+    @rule(p=clients, text=st.text(min_size=1, max_size=5))
+    def message(self, p: RecordingPeer, text: str) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        delivered = self.mm.relay_message(p, text)
+        q = self.partner.get(p)
+        assert delivered == (q is not None)
+        for other in self.online + self.gone:
+            expected = [("message", text)] if other is q else []
+            assert other.events == expected, f"{other} got {other.events}"
+
+    @rule(p=clients, active=st.booleans())
+    def typing(self, p: RecordingPeer, active: bool) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        self.mm.relay_typing(p, active)
+        q = self.partner.get(p)
+        for other in self.online + self.gone:
+            expected = [("typing", active)] if other is q else []
+            assert other.events == expected
+
+    @rule(dt=st.floats(min_value=0.0, max_value=2 * COOLDOWN))
+    def time_passes(self, dt: float) -> None:
+        """The shell's timer: wake the matchmaker at each deadline on the way."""
+        target = self.clock.now + dt
+        while (deadline := self.mm.next_deadline()) is not None and deadline <= target:
+            self.clock.now = max(self.clock.now, deadline)
+            self.mm.advance()
+            self._observe_pairings()
+        self.clock.now = target
+
+    # -- invariants -------------------------------------------------------------
+
+    @invariant()
+    def pairs_are_symmetric_and_never_self(self) -> None:
+        for p in self.online:
+            q = self.mm.partner_of(p)
+            assert q is not p
+            if q is not None:
+                assert self.mm.partner_of(q) is p
+                assert q in self.online
+                assert self.partner.get(p) is q
+            else:
+                assert p not in self.partner
+
+    @invariant()
+    def each_client_in_exactly_one_state(self) -> None:
+        waiting = [p for p in self.online if self.mm.is_waiting(p)]
+        chatting = [p for p in self.online if self.mm.partner_of(p) is not None]
+        assert not set(waiting) & set(chatting)
+        assert self.mm.stats() == Stats(len(self.online), len(waiting), len(chatting))
+
+    @invariant()
+    def what_clients_were_told_matches_their_state(self) -> None:
+        for p in self.online:
+            if self.mm.is_waiting(p):
+                assert p.status == "waiting", (p, p.status)
+            elif self.mm.partner_of(p) is not None:
+                assert p.status == "paired", (p, p.status)
+            else:
+                assert p.status in (None, "partner_left", "paired", "waiting")
+
+    @invariant()
+    def nobody_waits_beside_an_eligible_partner(self) -> None:
+        waiting = [p for p in self.online if self.mm.is_waiting(p)]
+        for i, p in enumerate(waiting):
+            for q in waiting[i + 1 :]:
+                ended = self.ended.get(frozenset((p, q)))
+                assert ended is not None and self.clock.now - ended < self.COOLDOWN, (
+                    f"{p} and {q} both wait but are eligible for each other"
+                )
+
+    @invariant()
+    def the_shell_is_woken_while_a_cooldown_keeps_waiters_apart(self) -> None:
+        waiting = [p for p in self.online if self.mm.is_waiting(p)]
+        if len(waiting) >= 2:
+            deadline = self.mm.next_deadline()
+            assert deadline is not None and deadline > self.clock.now
+
+    @invariant()
+    def gone_clients_hear_nothing(self) -> None:
+        for p in self.gone:
+            assert p.events == []
+
+
+MatchmakerMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=50, deadline=None
+)
+TestMatchmakerMachine = MatchmakerMachine.TestCase
