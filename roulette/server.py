@@ -221,7 +221,14 @@ class RouletteFactory(WebSocketServerFactory):
 
     protocol = RouletteProtocol
 
-    def __init__(self, lobby: Lobby, max_message_length: int = 2000, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        lobby: Lobby,
+        max_message_length: int = 2000,
+        auto_ping_interval: float = AUTO_PING_INTERVAL,
+        auto_ping_timeout: float = AUTO_PING_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.lobby = lobby
         self.max_message_length = max_message_length
@@ -230,6 +237,6 @@ class RouletteFactory(WebSocketServerFactory):
             webStatus=False,
             maxFramePayloadSize=wire.MAX_PAYLOAD,
             maxMessagePayloadSize=wire.MAX_PAYLOAD,
-            autoPingInterval=AUTO_PING_INTERVAL,
-            autoPingTimeout=AUTO_PING_TIMEOUT,
+            autoPingInterval=auto_ping_interval,
+            autoPingTimeout=auto_ping_timeout,
         )

@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from roulette import wire
 from roulette.core import MemoryMatchmaker
-from roulette.server import Lobby
+from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, Lobby, RouletteFactory
 from roulette.web import default_web_root, make_site
 
 
@@ -49,6 +49,20 @@ class Options(usage.Options):
             "Seconds after a chat ends during which its two clients are not paired again.",
             float,
         ],
+        [
+            "auto-ping-interval",
+            None,
+            AUTO_PING_INTERVAL,
+            "Seconds between WebSocket pings to each client (0 turns pings off).",
+            float,
+        ],
+        [
+            "auto-ping-timeout",
+            None,
+            AUTO_PING_TIMEOUT,
+            "Seconds a client may take to answer a ping before it is dropped.",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -56,8 +70,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--max-message-length must be between 1 and {wire.MAX_TEXT_LIMIT}"
             )
-        if not self["repair-cooldown"] >= 0:
-            raise usage.UsageError("--repair-cooldown must not be negative")
+        for name in ("repair-cooldown", "auto-ping-interval"):
+            if not self[name] >= 0:
+                raise usage.UsageError(f"--{name} must not be negative")
+        if not self["auto-ping-timeout"] > 0:
+            raise usage.UsageError("--auto-ping-timeout must be positive")
         if self["web-root"] is None:
             self["web-root"] = default_web_root()
         else:
@@ -81,7 +98,13 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     )
     lobby = Lobby(matchmaker, clock)
     lobby.setServiceParent(parent)
-    site = make_site(lobby, config["web-root"], config["max-message-length"])
+    factory = RouletteFactory(
+        lobby,
+        max_message_length=config["max-message-length"],
+        auto_ping_interval=config["auto-ping-interval"],
+        auto_ping_timeout=config["auto-ping-timeout"],
+    )
+    site = make_site(lobby, config["web-root"], factory)
     endpoint = endpoints.serverFromString(reactor, config["port"])
     listener = StreamServerEndpointService(endpoint, site)
     # Fail at start-up (twistd exits non-zero) when the port cannot be bound.

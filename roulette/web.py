@@ -54,8 +54,8 @@ class Health(resource.Resource):
         return json.dumps(self._lobby.stats().as_dict()).encode("ascii")
 
 
-def make_site(lobby: Lobby, web_root: Path, max_message_length: int) -> server.Site:
-    factory = RouletteFactory(lobby, max_message_length=max_message_length)
+def make_site(lobby: Lobby, web_root: Path, factory: RouletteFactory) -> server.Site:
+    """One site: the page at ``/``, the WebSocket at ``/ws``, counts at ``/healthz``."""
     root = StaticFiles(FilePath(str(web_root)).path)
     root.putChild(b"ws", WebSocketResource(factory))
     root.putChild(b"healthz", Health(lobby))

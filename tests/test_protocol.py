@@ -1,0 +1,390 @@
+"""The WebSocket protocol in memory: every event, command and error of wire
+protocol v1, through Autobahn's in-memory agent (no sockets)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.testing import create_memory_agent, create_pumper
+from autobahn.twisted.websocket import WebSocketClientProtocol
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
+
+from roulette.core import MemoryMatchmaker
+from roulette.server import Lobby, RouletteFactory
+
+
+class Client(WebSocketClientProtocol):
+    """A test client that records every event and how the connection closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, bool]] = []
+        self.closed: tuple[bool, int | None, str | None] | None = None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.raw.append((payload, isBinary))
+        self.events.append(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code, reason)
+
+    def send(self, obj: Any) -> None:
+        self.sendMessage(json.dumps(obj).encode("utf-8"))
+
+    def take(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+
+class Harness:
+    """A lobby on a fake clock and an in-memory agent connecting clients to it."""
+
+    def __init__(self, cooldown: float = 60.0, max_message_length: int = 2000) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.matchmaker = MemoryMatchmaker(random.Random(0), self.clock.seconds, cooldown)
+        self.lobby = Lobby(self.matchmaker, self.clock)
+        self.lobby.startService()
+        self.factory = RouletteFactory(self.lobby, max_message_length=max_message_length)
+        self.pumper = create_pumper()
+        self.agent = create_memory_agent(
+            MemoryReactorClock(), self.pumper, lambda: self.factory.buildProtocol(None)
+        )
+        self.clients: list[Client] = []
+
+    def pump(self) -> None:
+        """Deliver every byte in flight, both ways."""
+        for _ in range(3):
+            self.pumper._flush()
+
+    async def connect(self) -> Client:
+        d = self.agent.open("ws://localhost/ws", {}, protocol_class=Client)
+        for _ in range(20):
+            self.pump()
+            if d.called:
+                break
+        client: Client = await d
+        self.pump()
+        self.clients.append(client)
+        return client
+
+    async def pair(self) -> tuple[Client, Client]:
+        a = await self.connect()
+        b = await self.connect()
+        assert [e["type"] for e in a.take()] == ["online", "waiting", "paired"]
+        assert [e["type"] for e in b.take()] == ["online", "waiting", "paired"]
+        return a, b
+
+    def tick(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.pump()
+
+    async def close(self) -> None:
+        for client in self.clients:
+            if client.closed is None:
+                client.dropConnection(abort=True)
+        self.pump()
+        self.lobby.stopService()
+        await self.pumper.stop()
+
+
+@pytest.fixture
+def harness():
+    h = Harness()
+    yield h
+    pytest_twisted.blockon(defer.ensureDeferred(h.close()))
+
+
+def error(code: str) -> dict[str, Any]:
+    return {"type": "error", "code": code}
+
+
+def errors(client: Client) -> list[str]:
+    events = client.take()
+    assert all(e["type"] == "error" and isinstance(e["message"], str) for e in events), events
+    return [e["code"] for e in events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_connection_gets_online_then_waiting(harness: Harness) -> None:
+    a = await harness.connect()
+    assert a.take() == [{"type": "online", "count": 1}, {"type": "waiting"}]
+    assert harness.lobby.stats().as_dict() == {"online": 1, "waiting": 1, "chatting": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_connections_are_paired_and_relay_both_ways(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "message", "text": "hello <script>"})
+    harness.pump()
+    assert b.take() == [{"type": "message", "text": "hello <script>"}]
+    b.send({"type": "message", "text": "\u00bfqu\u00e9 tal? \U0001f600", "extra": 1})
+    harness.pump()
+    assert a.take() == [{"type": "message", "text": "\u00bfqu\u00e9 tal? \U0001f600"}]
+    # Verbatim, also on the wire: no escaping of non-ASCII text.
+    assert "\U0001f600".encode() in a.raw[-1][0]
+    assert a.raw[-1][1] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_arrive_in_order(harness: Harness) -> None:
+    a, b = await harness.pair()
+    for i in range(50):
+        a.send({"type": "message", "text": f"m{i}"})
+    harness.pump()
+    assert [e["text"] for e in b.take()] == [f"m{i}" for i in range(50)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_typing_is_relayed_and_dropped_without_partner(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "typing", "active": True})
+    a.send({"type": "typing", "active": False})
+    harness.pump()
+    assert b.take() == [
+        {"type": "typing", "active": True},
+        {"type": "typing", "active": False},
+    ]
+    c = await harness.connect()
+    c.take()
+    c.send({"type": "typing", "active": True})
+    harness.pump()
+    assert c.take() == [] and a.take() == [] and b.take() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_ends_chat_and_requeues(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "next"})
+    harness.pump()
+    assert b.take() == [{"type": "partner_left"}]
+    assert a.take() == [{"type": "waiting"}]
+    # The old partner is idle: a message from it is refused, not relayed.
+    b.send({"type": "message", "text": "wait!"})
+    harness.pump()
+    assert errors(b) == ["not_paired"]
+    assert a.take() == []
+    # A newcomer meets the one who pressed next.
+    c = await harness.connect()
+    assert [e["type"] for e in c.take()] == ["online", "waiting", "paired"]
+    assert a.take() == [{"type": "paired"}]
+    c.send({"type": "message", "text": "hi a"})
+    harness.pump()
+    assert a.take() == [{"type": "message", "text": "hi a"}]
+    assert b.take() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_client_rejoins_with_next(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "stop"})
+    harness.pump()
+    assert b.take() == [{"type": "partner_left"}]
+    assert a.take() == []
+    assert harness.lobby.stats().as_dict() == {"online": 2, "waiting": 0, "chatting": 0}
+    b.send({"type": "next"})
+    harness.pump()
+    assert b.take() == [{"type": "waiting"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_while_waiting_leaves_queue(harness: Harness) -> None:
+    a = await harness.connect()
+    a.take()
+    a.send({"type": "stop"})
+    harness.pump()
+    assert a.take() == []
+    assert harness.lobby.stats().as_dict() == {"online": 1, "waiting": 0, "chatting": 0}
+    b = await harness.connect()
+    assert [e["type"] for e in b.take()] == ["online", "waiting"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_disconnect_is_noticed(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.sendClose(1000)
+    harness.pump()
+    assert a.closed is not None and a.closed[1] == 1000
+    assert b.take() == [{"type": "partner_left"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_tcp_drop_is_noticed(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.dropConnection(abort=True)
+    harness.pump()
+    assert b.take() == [{"type": "partner_left"}]
+    assert harness.lobby.stats().as_dict() == {"online": 1, "waiting": 0, "chatting": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cooldown_expiry_pairs_former_partners(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "next"})
+    harness.pump()
+    b.send({"type": "next"})
+    harness.pump()
+    a.take(), b.take()
+    harness.tick(59)
+    assert a.take() == [{"type": "online", "count": 2}] and b.take() == []
+    harness.tick(1.5)
+    assert a.take() == [{"type": "paired"}]
+    assert b.take() == [{"type": "paired"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_online_count_updates_at_most_once_a_second(harness: Harness) -> None:
+    a = await harness.connect()
+    a.take()
+    harness.tick(1.0)
+    assert a.take() == []  # nothing changed
+    b = await harness.connect()
+    assert b.take()[0] == {"type": "online", "count": 2}
+    c = await harness.connect()
+    assert c.take()[0] == {"type": "online", "count": 3}
+    assert [e for e in a.take() if e["type"] == "online"] == []  # not at once
+    harness.tick(1.0)
+    assert [e for e in a.take() if e["type"] == "online"] == [{"type": "online", "count": 3}]
+    # b heard 2 a second ago; c already knows 3.
+    assert b.take() == [{"type": "online", "count": 3}]
+    assert c.take() == []
+    harness.tick(1.0)
+    assert a.take() == [] and b.take() == [] and c.take() == []
+    c.dropConnection(abort=True)
+    harness.pump()
+    harness.tick(1.0)
+    assert {"type": "online", "count": 2} in a.take()
+    assert {"type": "online", "count": 2} in b.take()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"not json", "bad_json"),
+        (b"{", "bad_json"),
+        (b"[" * 30_000 + b"]" * 30_000, "bad_json"),
+        (b"[]", "bad_message"),
+        (b'"message"', "bad_message"),
+        (b"null", "bad_message"),
+        (b"{}", "bad_message"),
+        (b'{"type": 1}', "bad_message"),
+        (b'{"type": "dance"}', "bad_message"),
+        (b'{"type": "message"}', "bad_message"),
+        (b'{"type": "message", "text": 5}', "bad_message"),
+        (b'{"type": "message", "text": ""}', "bad_message"),
+        (b'{"type": "message", "text": " \\n\\t "}', "bad_message"),
+        (b'{"type": "message", "text": "\\ud800"}', "bad_message"),
+        (b'{"type": "typing"}', "bad_message"),
+        (b'{"type": "typing", "active": 1}', "bad_message"),
+        (b'{"type": "typing", "active": "yes"}', "bad_message"),
+        (b'{"type": "message", "text": "' + b"x" * 2001 + b'"}', "too_long"),
+        (b'{"type": "message", "text": "' + b" " * 2001 + b'"}', "bad_message"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_frames_get_an_error_and_the_chat_carries_on(
+    harness: Harness, frame: bytes, code: str
+) -> None:
+    a, b = await harness.pair()
+    a.sendMessage(frame)
+    harness.pump()
+    assert errors(a) == [code]
+    assert b.take() == []
+    # Nothing was lost: the connection and the chat carry on.
+    a.send({"type": "message", "text": "still here"})
+    harness.pump()
+    assert b.take() == [{"type": "message", "text": "still here"}]
+    assert a.closed is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_paired_error_when_waiting(harness: Harness) -> None:
+    a = await harness.connect()
+    a.take()
+    a.send({"type": "message", "text": "anyone?"})
+    harness.pump()
+    assert errors(a) == ["not_paired"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_message_length_is_in_characters() -> None:
+    h = Harness(max_message_length=5)
+    try:
+        a, b = await h.pair()
+        a.send({"type": "message", "text": "\U0001f600" * 5})
+        a.send({"type": "message", "text": "abcdef"})
+        h.pump()
+        assert b.take() == [{"type": "message", "text": "\U0001f600" * 5}]
+        assert errors(a) == ["too_long"]
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_are_checked_in_order(harness: Harness) -> None:
+    a = await harness.connect()  # not paired
+    a.take()
+    a.sendMessage(b'{"type": "message", "text": "' + b"x" * 3000 + b'"}')
+    a.sendMessage(b'{"type": "message", "text": 3}')
+    harness.pump()
+    assert errors(a) == ["too_long", "bad_message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_frame_gets_close_1003(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.sendMessage(b'{"type": "message", "text": "hi"}', isBinary=True)
+    harness.pump()
+    assert a.closed is not None
+    assert a.closed[1] == 1003
+    assert b.take() == [{"type": "partner_left"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_gets_close_1009(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.sendMessage(b'{"type": "message", "text": "' + b"x" * 70_000 + b'"}')
+    harness.pump()
+    assert a.closed is not None
+    assert a.closed[1] == 1009
+    assert b.take() == [{"type": "partner_left"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_fragmented_message_gets_close_1009(harness: Harness) -> None:
+    a, _ = await harness.pair()
+    a.beginMessage()
+    for _ in range(5):
+        a.sendMessageFrame(b"x" * 20_000)
+    a.endMessage()
+    harness.pump()
+    assert a.closed is not None
+    assert a.closed[1] == 1009
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_gets_close_1007(harness: Harness) -> None:
+    a, _ = await harness.pair()
+    a.sendFrame(opcode=1, payload=b'{"type":"message","text":"\xff"}')
+    harness.pump()
+    assert a.closed is not None
+    assert a.closed[1] == 1007
+
+
+@pytest_twisted.ensureDeferred
+async def test_others_chats_carry_on_when_one_client_misbehaves(harness: Harness) -> None:
+    a, b = await harness.pair()
+    c, d = await harness.pair()
+    c.sendMessage(b"\x00" * 10, isBinary=True)
+    harness.pump()
+    a.send({"type": "message", "text": "fine"})
+    harness.pump()
+    assert b.take() == [{"type": "message", "text": "fine"}]
+    assert d.take() == [{"type": "partner_left"}]
+    assert a.closed is None and b.closed is None
