@@ -30,6 +30,9 @@ AUTO_PING_TIMEOUT = 10.0
 
 CLOSE_UNSUPPORTED_DATA = WebSocketProtocol.CLOSE_STATUS_CODE_UNSUPPORTED_DATA
 
+# Module-level: Autobahn's protocol keeps its own (level-filtered) ``self.log``.
+log = Logger()
+
 
 class Lobby(Service):
     """The process's matchmaker, driven by the reactor's clock.
@@ -40,8 +43,6 @@ class Lobby(Service):
     the ``online`` count when it has changed, at most once per
     ``ONLINE_INTERVAL``.
     """
-
-    log = Logger()
 
     def __init__(self, matchmaker: Matchmaker, reactor: IReactorTime) -> None:
         self.matchmaker = matchmaker
@@ -130,7 +131,6 @@ class RouletteProtocol(WebSocketServerProtocol):
     It is the :class:`~roulette.core.Peer` the matchmaker talks to.
     """
 
-    log = Logger()
     factory: RouletteFactory
 
     _joined = False
@@ -139,13 +139,13 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._joined = True
-        self.log.info("client {peer} connected", peer=self.peer)
+        log.info("client {peer} connected", peer=self.peer)
         self.factory.lobby.join(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._joined:
             self._joined = False
-            self.log.info(
+            log.info(
                 "client {peer} disconnected (clean={clean}, code={code})",
                 peer=self.peer,
                 clean=wasClean,

@@ -60,7 +60,7 @@ class Options(usage.Options):
             "auto-ping-timeout",
             None,
             AUTO_PING_TIMEOUT,
-            "Seconds a client may take to answer a ping before it is dropped.",
+            "Seconds a client may take to answer a ping before it is dropped (at least 1).",
             float,
         ],
     ]
@@ -73,8 +73,9 @@ class Options(usage.Options):
         for name in ("repair-cooldown", "auto-ping-interval"):
             if not self[name] >= 0:
                 raise usage.UsageError(f"--{name} must not be negative")
-        if not self["auto-ping-timeout"] > 0:
-            raise usage.UsageError("--auto-ping-timeout must be positive")
+        # Autobahn schedules these timers to whole seconds.
+        if not self["auto-ping-timeout"] >= 1:
+            raise usage.UsageError("--auto-ping-timeout must be at least 1 second")
         if self["web-root"] is None:
             self["web-root"] = default_web_root()
         else:

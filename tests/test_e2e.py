@@ -1,0 +1,223 @@
+"""End to end: ``twistd roulette`` as installed, over real sockets, driven by
+a real WebSocket client (the ``websockets`` library)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+from support import TWISTD, RunningServer, wait_until
+from websockets.exceptions import ConnectionClosed
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with RunningServer(
+        None,
+        "--repair-cooldown",
+        "0",
+        "--auto-ping-interval",
+        "1",
+        "--auto-ping-timeout",
+        "2",
+    ) as running:
+        yield running
+
+
+async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
+    """The next event that is not an ``online`` count."""
+    while True:
+        event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if event["type"] != "online":
+            return event
+
+
+async def send(ws: Any, obj: Any) -> None:
+    await ws.send(json.dumps(obj))
+
+
+async def paired(url: str) -> tuple[Any, Any]:
+    a = await websockets.connect(url)
+    first = json.loads(await asyncio.wait_for(a.recv(), 5))
+    assert first["type"] == "online" and first["count"] >= 1
+    assert await recv(a) == {"type": "waiting"}
+    b = await websockets.connect(url)
+    assert await recv(b) == {"type": "waiting"}
+    assert await recv(b) == {"type": "paired"}
+    assert await recv(a) == {"type": "paired"}
+    return a, b
+
+
+async def closed_with(ws: Any, timeout: float = 5.0) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed:
+        pass
+    return ws.close_code
+
+
+def test_plugin_is_listed_with_its_options() -> None:
+    out = subprocess.run(
+        [TWISTD, "roulette", "--help"], capture_output=True, text=True, check=True, cwd="/"
+    ).stdout
+    for option in ("--port", "--web-root", "--max-message-length", "--repair-cooldown"):
+        assert option in out
+    assert "tcp:8080" in out
+
+
+def test_page_and_health_on_one_port(server: RunningServer) -> None:
+    with urllib.request.urlopen(server.http_url + "/", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert b"<html" in response.read()
+    assert server.health() == {"online": 0, "waiting": 0, "chatting": 0}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server.http_url + "/no-such-page", timeout=5)
+    assert err.value.code == 404
+
+
+def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
+    async def scenario() -> None:
+        a, b = await paired(server.ws_url)
+        assert server.health() == {"online": 2, "waiting": 0, "chatting": 2}
+        await send(a, {"type": "message", "text": "hi from a"})
+        assert await recv(b) == {"type": "message", "text": "hi from a"}
+        await send(b, {"type": "typing", "active": True})
+        assert await recv(a) == {"type": "typing", "active": True}
+        await send(b, {"type": "message", "text": "hi from b"})
+        assert await recv(a) == {"type": "message", "text": "hi from b"}
+
+        # Next: b is told, a queues again and meets a newcomer c.
+        await send(a, {"type": "next"})
+        assert await recv(b) == {"type": "partner_left"}
+        assert await recv(a) == {"type": "waiting"}
+        c = await websockets.connect(server.ws_url)
+        assert await recv(c) == {"type": "waiting"}
+        assert await recv(c) == {"type": "paired"}
+        assert await recv(a) == {"type": "paired"}
+        await send(b, {"type": "message", "text": "hello?"})
+        assert (await recv(b))["code"] == "not_paired"
+
+        # c's TCP connection drops without a close frame: a is told at once.
+        c.transport.abort()
+        started = time.monotonic()
+        assert await recv(a, timeout=2) == {"type": "partner_left"}
+        assert time.monotonic() - started < 1.0
+        await a.close()
+        await b.close()
+
+    asyncio.run(scenario())
+    wait_until(lambda: server.health()["online"] == 0)
+
+
+def test_bad_json_keeps_the_connection(server: RunningServer) -> None:
+    async def scenario() -> None:
+        a, b = await paired(server.ws_url)
+        await a.send("{nope")
+        event = await recv(a)
+        assert event["type"] == "error" and event["code"] == "bad_json"
+        await send(a, {"type": "message", "text": "after the error"})
+        assert await recv(b) == {"type": "message", "text": "after the error"}
+        await a.close()
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_codes(server: RunningServer) -> None:
+    async def scenario() -> None:
+        a, b = await paired(server.ws_url)
+        await a.send(b"\x01\x02")
+        assert await closed_with(a) == 1003
+        assert await recv(b) == {"type": "partner_left"}
+
+        c = await websockets.connect(server.ws_url, max_size=None)
+        await c.send("x" * (64 * 1024 + 1))
+        assert await closed_with(c) == 1009
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def _raw_handshake(port: int) -> socket.socket:
+    """Open a WebSocket by hand, then never read again: a silent dead peer."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def test_silent_peer_is_dropped_by_auto_ping(server: RunningServer) -> None:
+    async def scenario() -> None:
+        silent = _raw_handshake(server.port)
+        try:
+            b = await websockets.connect(server.ws_url)
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(b) == {"type": "paired"}
+            # A ping every second, two to answer (Autobahn's timers tick in
+            # whole seconds): the silent peer is gone within a few seconds.
+            started = time.monotonic()
+            assert await recv(b, timeout=8) == {"type": "partner_left"}
+            assert time.monotonic() - started < 6
+            await b.close()
+        finally:
+            silent.close()
+
+    asyncio.run(scenario())
+
+
+def test_sigterm_stops_the_server() -> None:
+    running = RunningServer().start()
+    try:
+        assert running.process is not None
+        process = running.process
+        running.stop()
+        # twistd shuts down cleanly, then re-raises the signal it received.
+        assert process.returncode in (0, -signal.SIGTERM)
+        assert "Server Shut Down" in running.log()
+    finally:
+        running.close()
+
+
+def test_port_in_use_fails_at_start(server: RunningServer) -> None:
+    result = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "roulette",
+            "--port",
+            f"tcp:{server.port}:interface=127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
