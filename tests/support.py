@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,20 +27,28 @@ def free_port() -> int:
 class RunningServer:
     """``twistd -n roulette`` in a subprocess, listening on 127.0.0.1:``port``."""
 
-    def __init__(self, port: int | None = None, *args: str) -> None:
+    def __init__(
+        self, port: int | None = None, *args: str, endpoint: str = "tcp:{port}:interface=127.0.0.1"
+    ) -> None:
         self.port = port or free_port()
         self.args = args
+        self.endpoint = endpoint.format(port=self.port)
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="roulette-test-")
         self.log_path = Path(self._dir.name) / "twistd.log"
 
+    #: For an ``ssl:`` endpoint: the client context that trusts its certificate.
+    ssl_context: ssl.SSLContext | None = None
+
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        scheme = "wss" if self.ssl_context else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = 20.0) -> RunningServer:
         command = [
@@ -50,7 +59,7 @@ class RunningServer:
             str(self.log_path),
             "roulette",
             "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            self.endpoint,
             *self.args,
         ]
         # A fresh working directory: twistd must find the plugin from the
@@ -69,7 +78,9 @@ class RunningServer:
         raise RuntimeError(f"twistd did not answer within {timeout} s:\n{self.log()}")
 
     def health(self) -> dict[str, int]:
-        with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as response:
+        with urllib.request.urlopen(
+            self.http_url + "/healthz", timeout=2, context=self.ssl_context
+        ) as response:
             return json.loads(response.read())
 
     def log(self) -> str:
