@@ -15,7 +15,7 @@ from twisted.python import usage
 from roulette import wire
 from roulette.core import MemoryMatchmaker
 from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, Lobby, RouletteFactory
-from roulette.web import default_web_root, make_site
+from roulette.website import default_web_root, make_site
 
 
 class Options(usage.Options):

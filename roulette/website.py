@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
-from twisted.web import resource, server, static
+from twisted.web import pages, resource, server, static
 from twisted.web.iweb import IRequest
 
 from roulette.server import Lobby, RouletteFactory
@@ -30,8 +30,8 @@ def default_web_root() -> Path:
 class StaticFiles(static.File):
     """Static files without directory listings."""
 
-    def directoryListing(self) -> resource.Resource:
-        return resource.NoResource("No such page.")
+    def directoryListing(self) -> resource.IResource:
+        return pages.notFound("No Such Resource", "No such page.")
 
     def createSimilarFile(self, path: str) -> static.File:
         f = super().createSimilarFile(path)

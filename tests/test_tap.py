@@ -1,0 +1,92 @@
+"""Command-line options, the service tree and the HTTP resources, without sockets."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+from twisted.web.test.requesthelper import DummyRequest
+
+from roulette.core import MemoryMatchmaker
+from roulette.server import Lobby
+from roulette.tap import Options, makeService
+from roulette.website import Health, StaticFiles, default_web_root
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults() -> None:
+    options = parse()
+    assert options["port"] == "tcp:8080"
+    assert options["max-message-length"] == 2000
+    assert options["repair-cooldown"] == 60.0
+    assert options["auto-ping-interval"] == 20.0
+    assert options["auto-ping-timeout"] == 10.0
+    assert options["web-root"] == default_web_root()
+    assert (options["web-root"] / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--max-message-length", "0"),
+        ("--max-message-length", "10001"),
+        ("--max-message-length", "many"),
+        ("--repair-cooldown", "-1"),
+        ("--repair-cooldown", "nan"),
+        ("--auto-ping-timeout", "0.5"),
+        ("--web-root", "/nonexistent"),
+    ],
+)
+def test_bad_options_are_refused(args: tuple[str, ...]) -> None:
+    with pytest.raises(UsageError):
+        parse(*args)
+
+
+def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<html>custom</html>")
+    reactor = MemoryReactorClock()
+    options = parse("--port", "tcp:9999", "--web-root", str(tmp_path), "--max-message-length", "42")
+    service = makeService(options, reactor=reactor)
+    listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+    assert len(listeners) == 1
+    service.startService()
+    try:
+        assert [port for port, *_ in reactor.tcpServers] == [9999]
+        site = reactor.tcpServers[0][1]
+        ws = site.resource.children[b"ws"]
+        assert ws._factory.max_message_length == 42
+    finally:
+        service.stopService()
+
+
+def test_health_reports_counts() -> None:
+    lobby = Lobby(MemoryMatchmaker(random.Random(0), Clock().seconds), Clock())
+    request = DummyRequest([b""])
+    body = Health(lobby).render_GET(request)
+    assert json.loads(body) == {"online": 0, "waiting": 0, "chatting": 0}
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+
+
+def test_static_files_list_no_directories(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "notes.txt").write_text("secret")
+    root = StaticFiles(str(tmp_path))
+    request = DummyRequest([b"private", b""])
+    child = root.getChild(b"private", request)
+    listing = child.getChild(b"", request)
+    listing.render(request)
+    assert request.responseCode == 404
+    # Files are still served.
+    assert child.getChild(b"notes.txt", request).path.endswith("notes.txt")
