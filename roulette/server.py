@@ -37,8 +37,9 @@ log = Logger()
 class Lobby(Service):
     """The process's matchmaker, driven by the reactor's clock.
 
-    It forwards the :class:`~roulette.core.Matchmaker` calls that change who
-    waits, then makes sure :meth:`~roulette.core.Matchmaker.advance` runs at
+    The protocol calls it, never the matchmaker itself.  It forwards each call
+    to the :class:`~roulette.core.Matchmaker`; after those that change who
+    waits it makes sure :meth:`~roulette.core.Matchmaker.advance` runs at
     the matchmaker's next deadline.  While running it also sends each client
     the ``online`` count when it has changed, at most once per
     ``ONLINE_INTERVAL``.
@@ -89,6 +90,12 @@ class Lobby(Service):
     def stop(self, client: RouletteProtocol) -> None:
         self.matchmaker.stop(client)
         self._reschedule()
+
+    def relay_message(self, client: RouletteProtocol, text: str) -> bool:
+        return self.matchmaker.relay_message(client, text)
+
+    def relay_typing(self, client: RouletteProtocol, active: bool) -> bool:
+        return self.matchmaker.relay_typing(client, active)
 
     def stats(self) -> Stats:
         return self.matchmaker.stats()
@@ -165,12 +172,12 @@ class RouletteProtocol(WebSocketServerProtocol):
             command = wire.parse_command(payload, self.factory.max_message_length)
             match command:
                 case wire.Message(text):
-                    if not lobby.matchmaker.relay_message(self, text):
+                    if not lobby.relay_message(self, text):
                         raise wire.CommandError(
                             wire.NOT_PAIRED, "You have no partner to send a message to."
                         )
                 case wire.Typing(active):
-                    lobby.matchmaker.relay_typing(self, active)
+                    lobby.relay_typing(self, active)
                 case wire.Next():
                     lobby.next(self)
                 case wire.Stop():

@@ -30,6 +30,9 @@ def default_web_root() -> Path:
 class StaticFiles(static.File):
     """Static files without directory listings."""
 
+    childNotFound = pages.notFound("No Such Resource", "File not found.")
+    forbidden = pages.forbidden("Forbidden", "Access to this resource is forbidden.")
+
     def directoryListing(self) -> resource.IResource:
         return pages.notFound("No Such Resource", "No such page.")
 
