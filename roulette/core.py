@@ -20,7 +20,8 @@ Pairing rules (see ``docs/protocol.md``):
   too.
 * Never with itself, never with more than one partner, always symmetrically.
 * Two clients whose chat ended less than ``cooldown`` seconds ago are not
-  eligible for each other.  When such a cooldown runs out while both still
+  eligible for each other; two identities (addresses) one of which reported
+  the other are never eligible for each other again.  When such a cooldown runs out while both still
   wait, they must be paired at that moment: :meth:`Matchmaker.next_deadline`
   tells the caller when to call :meth:`Matchmaker.advance`.
 * A message goes to the sender's partner at the moment it is handled, and to
@@ -32,9 +33,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
+
+#: How many reported pairs of identities are remembered; the oldest go first.
+MAX_NEVER_PAIRS = 100_000
 
 
 class Peer(Protocol):
@@ -75,14 +79,23 @@ class Stats:
 class Matchmaker(Protocol):
     """What a transport calls.  Every method is keyed by the :class:`Peer`."""
 
-    def connect(self, peer: Peer) -> None:
-        """A new client arrived: it joins the queue at once."""
+    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
+        """A new client arrived: it joins the queue at once.
+
+        ``identity`` names where it comes from (a hashed address); two
+        identities one of which reported the other are never paired again.
+        """
 
     def next(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue, then queue again."""
 
     def stop(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue; the peer is idle."""
+
+    def report(self, peer: Peer) -> Hashable | None:
+        """End the chat like :meth:`next`, and never pair these two identities
+        again.  Returns the reported partner's identity, or ``None`` (and does
+        nothing) when the peer has no partner."""
 
     def disconnect(self, peer: Peer) -> None:
         """The client is gone; its partner, if any, is told."""
@@ -134,6 +147,9 @@ class MemoryMatchmaker:
         # choice reproducible for a given random source.
         self._waiting: dict[Peer, None] = {}
         self._partner: dict[Peer, Peer] = {}
+        self._identity: dict[Peer, Hashable] = {}
+        # Pairs of identities that never meet again (insertion-ordered, capped).
+        self._never: dict[frozenset[Hashable], None] = {}
         # recent[a][b] == recent[b][a] == the time their cooldown runs out.
         self._recent: dict[Peer, dict[Peer, float]] = {}
         # Every cooldown, to forget it once it has run out.
@@ -145,10 +161,11 @@ class MemoryMatchmaker:
 
     # -- the Matchmaker interface ---------------------------------------
 
-    def connect(self, peer: Peer) -> None:
+    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
         if peer in self._online:
             raise AlreadyConnected(peer)
         self._online.add(peer)
+        self._identity[peer] = peer if identity is None else identity
         self._advance(self._clock())
         self._enqueue(peer)
 
@@ -165,6 +182,19 @@ class MemoryMatchmaker:
         self._advance(now)
         self._leave(peer, now)
 
+    def report(self, peer: Peer) -> Hashable | None:
+        self._require_online(peer)
+        partner = self._partner.get(peer)
+        if partner is None:
+            return None
+        reported = self._identity[partner]
+        never = self._never
+        never[frozenset((self._identity[peer], reported))] = None
+        if len(never) > MAX_NEVER_PAIRS:
+            del never[next(iter(never))]
+        self.next(peer)
+        return reported
+
     def disconnect(self, peer: Peer) -> None:
         if peer not in self._online:
             return
@@ -176,6 +206,7 @@ class MemoryMatchmaker:
             partner.send_partner_left()
         self._waiting.pop(peer, None)
         self._online.discard(peer)
+        del self._identity[peer]
         for other in self._recent.pop(peer, {}):
             others = self._recent[other]
             del others[peer]
@@ -249,6 +280,11 @@ class MemoryMatchmaker:
         """Pair an idle peer with a random eligible waiting one, or queue it."""
         recent = self._recent.get(peer, {})
         eligible = [w for w in self._waiting if recent.get(w, now) <= now]
+        if eligible and self._never:
+            mine = self._identity[peer]
+            eligible = [
+                w for w in eligible if frozenset((mine, self._identity[w])) not in self._never
+            ]
         if eligible:
             partner = eligible[0] if len(eligible) == 1 else self._rng.choice(eligible)
             del self._waiting[partner]
@@ -257,9 +293,12 @@ class MemoryMatchmaker:
             partner.send_paired()
             peer.send_paired()
             return
-        # Nobody eligible: every waiting client is in cooldown with this one.
+        # Nobody eligible: every waiting client is in cooldown with this one,
+        # or never to meet it again.  Wake up when a cooldown runs out.
         for other in self._waiting:
-            heapq.heappush(self._blocked, (recent[other], next(self._seq), peer, other))
+            expiry = recent.get(other)
+            if expiry is not None:
+                heapq.heappush(self._blocked, (expiry, next(self._seq), peer, other))
         self._waiting[peer] = None
 
     def _still_blocked(self, entry: tuple[float, int, Peer, Peer]) -> bool:

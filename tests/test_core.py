@@ -255,6 +255,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         # The model's own memory of who chatted with whom, and when it ended.
         self.partner: dict[RecordingPeer, RecordingPeer] = {}
         self.ended: dict[frozenset[RecordingPeer], float] = {}
+        # Clients come from a few addresses; a report keeps two apart for good.
+        self.identity: dict[RecordingPeer, str] = {}
+        self.never: set[frozenset[str]] = set()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -269,6 +272,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 assert ended is None or self.clock.now - ended >= self.COOLDOWN, (
                     f"{p} and {q} re-paired during their cooldown"
                 )
+                ids = frozenset((self.identity[p], self.identity[q]))
+                assert ids not in self.never, f"{p} and {q} paired after a report"
                 self.partner[p] = q
                 self.partner[q] = p
                 assert p.events[-1] == ("paired",) and q.events[-1] == ("paired",)
@@ -287,12 +292,13 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------
 
-    @rule(target=clients)
-    def connect(self) -> RecordingPeer:
+    @rule(target=clients, address=st.sampled_from(["ip1", "ip2", "ip3", "ip4", "ip5", "ip6"]))
+    def connect(self, address: str) -> RecordingPeer:
         self.count += 1
         p = RecordingPeer(f"c{self.count}")
         self.online.append(p)
-        self.mm.connect(p)
+        self.identity[p] = address
+        self.mm.connect(p, address)
         assert p.events[0] == ("waiting",)
         self._observe_pairings()
         return p
@@ -306,6 +312,24 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.mm.next(p)
         if q is not None:
             assert q.events == [("partner_left",)]
+        assert p.events[0] == ("waiting",)
+        self._observe_pairings()
+
+    @rule(p=clients)
+    def report(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        q = self.partner.get(p)
+        reported = self.mm.report(p)
+        if q is None:
+            assert reported is None
+            assert p.events == []
+            return
+        assert reported == self.identity[q]
+        self.never.add(frozenset((self.identity[p], self.identity[q])))
+        self._end(p, record_cooldown=True)
+        assert q.events == [("partner_left",)]
         assert p.events[0] == ("waiting",)
         self._observe_pairings()
 
@@ -406,14 +430,20 @@ class MatchmakerMachine(RuleBasedStateMachine):
         for i, p in enumerate(waiting):
             for q in waiting[i + 1 :]:
                 ended = self.ended.get(frozenset((p, q)))
-                assert ended is not None and self.clock.now - ended < self.COOLDOWN, (
-                    f"{p} and {q} both wait but are eligible for each other"
-                )
+                cooling = ended is not None and self.clock.now - ended < self.COOLDOWN
+                reported = frozenset((self.identity[p], self.identity[q])) in self.never
+                assert cooling or reported, f"{p} and {q} both wait but are eligible for each other"
 
     @invariant()
     def the_shell_is_woken_while_a_cooldown_keeps_waiters_apart(self) -> None:
         waiting = [p for p in self.online if self.mm.is_waiting(p)]
-        if len(waiting) >= 2:
+        cooling = [
+            (p, q)
+            for i, p in enumerate(waiting)
+            for q in waiting[i + 1 :]
+            if frozenset((self.identity[p], self.identity[q])) not in self.never
+        ]
+        if cooling:
             deadline = self.mm.next_deadline()
             assert deadline is not None and deadline > self.clock.now
 
@@ -427,3 +457,34 @@ MatchmakerMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=50, deadline=None
 )
 TestMatchmakerMachine = MatchmakerMachine.TestCase
+
+
+def test_report_ends_chat_and_keeps_the_two_addresses_apart_for_good() -> None:
+    mm, clock = make(cooldown=60)
+    a, b, b2, c = peers("a", "b", "b2", "c")
+    mm.connect(a, "ip-a")
+    mm.connect(b, "ip-b")
+    a.take(), b.take()
+    assert mm.report(a) == "ip-b"
+    assert b.take() == [("partner_left",)]
+    assert a.take() == [("waiting",)]
+    clock.now += 10_000  # long after any cooldown
+    mm.next(b)
+    assert mm.is_waiting(a) and mm.is_waiting(b)
+    assert mm.next_deadline() is None
+    # Another connection from b's address does not meet a either...
+    mm.disconnect(b)
+    mm.connect(b2, "ip-b")
+    assert mm.is_waiting(a) and mm.is_waiting(b2)
+    # ...but someone else does.
+    mm.connect(c, "ip-c")
+    assert mm.partner_of(c) in (a, b2)
+
+
+def test_report_without_partner_does_nothing() -> None:
+    mm, _ = make()
+    (a,) = peers("a")
+    mm.connect(a, "ip-a")
+    a.take()
+    assert mm.report(a) is None
+    assert a.take() == [] and mm.is_waiting(a)
