@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,3 +235,95 @@ class Reports:
     def sizes(self) -> tuple[int, int, int]:
         """How many reported addresses, bans and ban histories are remembered."""
         return len(self._reports), len(self._banned), len(self._history)
+
+
+def client_host(peer_host: str, forwarded_for: list[str], trusted_hops: int) -> str:
+    """The client's address, honouring the last ``trusted_hops`` proxies.
+
+    ``forwarded_for`` holds the ``X-Forwarded-For`` header lines of the
+    request.  Each trusted proxy appends the address it received the request
+    from, so with ``n`` trusted proxies the client is the ``n``-th address
+    from the right.  Anything short of that (no header, too few hops, or a
+    hop that is not an IP address) falls back to the TCP peer: what a client
+    writes into the header itself is never believed.
+    """
+    if trusted_hops <= 0:
+        return peer_host
+    hops = [hop.strip() for line in forwarded_for for hop in line.split(",")]
+    hops = [hop for hop in hops if hop]
+    if len(hops) < trusted_hops:
+        return peer_host
+    candidate = hops[-trusted_hops]
+    if candidate.startswith("[") and "]" in candidate:  # [v6]:port
+        candidate = candidate[1 : candidate.index("]")]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer_host
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _split_hostport(hostport: str, default_port: str) -> tuple[str, str]:
+    """``host[:port]`` (``[v6]:port`` too) as (host, port), lower-cased."""
+    hostport = hostport.strip().lower()
+    if hostport.startswith("["):
+        host, _, tail = hostport.partition("]")
+        host += "]"
+        port = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port = hostport.partition(":")
+    return host, port if port else default_port
+
+
+def _split_origin(origin: str) -> tuple[str, str, str] | None:
+    """``scheme://host[:port]`` as (scheme, host, port), the port always filled in."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    default = _DEFAULT_PORTS.get(scheme)
+    if not sep or not rest or "/" in rest or default is None:
+        return None
+    host, port = _split_hostport(rest, str(default))
+    return scheme, host, port
+
+
+class OriginPolicy:
+    """Which ``Origin`` may open a WebSocket.
+
+    A request without ``Origin`` (a program, not a browser) is allowed.
+    ``Origin: null`` is refused.  The page's own origin (the one whose host
+    and port are the request's ``Host``) is always allowed; so is any origin
+    matching one of ``patterns``: ``scheme://host:port`` where ``*`` matches
+    any run of characters other than
+    ``:`` and ``/``, and a missing port means the scheme's default (so
+    ``https://*.example.com`` allows every subdomain over HTTPS on port 443).
+    """
+
+    def __init__(self, patterns: tuple[str, ...] = ()) -> None:
+        self.patterns = patterns
+        self._compiled = [self._compile(p) for p in patterns]
+
+    @staticmethod
+    def _compile(pattern: str) -> re.Pattern[str]:
+        scheme, sep, rest = pattern.strip().lower().partition("://")
+        if not sep or not scheme or not rest:
+            raise ValueError(f"origin pattern {pattern!r} is not scheme://host[:port]")
+        if not re.search(r":(\d+|\*)$", rest):
+            default = _DEFAULT_PORTS.get(scheme)
+            if default is None:
+                raise ValueError(f"origin pattern {pattern!r} needs a port")
+            rest = f"{rest}:{default}"
+        body = re.escape(f"{scheme}://{rest}").replace(r"\*", "[^/:@]*")
+        return re.compile(body + r"\Z")
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        if not origin:  # no Origin header
+            return True
+        parts = _split_origin(origin.strip())
+        if parts is None:  # "null", or anything that is no origin
+            return False
+        scheme, origin_host, port = parts
+        if host and _split_hostport(host, port) == (origin_host, port):
+            return True
+        normal = f"{scheme}://{origin_host}:{port}"
+        return any(p.match(normal) for p in self._compiled)

@@ -9,16 +9,31 @@ tells every client how many people are online.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from roulette import wire
+from roulette.abuse import (
+    AddressHasher,
+    AddressLimits,
+    OriginPolicy,
+    Reports,
+    TokenBucket,
+    WindowCounter,
+    address_key,
+    client_host,
+)
 from roulette.core import Matchmaker, Stats
 
 #: How often, at most, a client hears the ``online`` count (seconds).
@@ -29,6 +44,44 @@ AUTO_PING_INTERVAL = 20.0
 AUTO_PING_TIMEOUT = 10.0
 
 CLOSE_UNSUPPORTED_DATA = WebSocketProtocol.CLOSE_STATUS_CODE_UNSUPPORTED_DATA
+CLOSE_POLICY_VIOLATION = WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION
+CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
+
+#: How often the abuse controls forget what has expired (seconds).
+HOUSEKEEPING_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection budgets; see ``docs/security.md``."""
+
+    #: Chat messages: tokens a second and the most saved up.
+    message_rate: float = 5.0
+    message_burst: float = 10.0
+    #: Typing notices (the page sends at most one every two seconds).
+    typing_rate: float = 1.0
+    typing_burst: float = 5.0
+    #: next, stop and report: each of them churns the queue.
+    queue_rate: float = 1.0
+    queue_burst: float = 5.0
+    #: This many refused frames within the window close the connection (1008).
+    flood_refusals: int = 50
+    flood_window: float = 10.0
+    #: Bytes a connection may have waiting to be sent before it is dropped.
+    send_buffer_limit: int = 256 * 1024
+
+
+@dataclass
+class Gate:
+    """Who may open a WebSocket: origins, per-address caps and bans."""
+
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    addresses: AddressLimits = field(default_factory=lambda: AddressLimits(8, 60, 0))
+    reports: Reports | None = None
+    hasher: AddressHasher = field(default_factory=AddressHasher)
+    #: How many ``X-Forwarded-For`` hops (proxies in front of us) to believe.
+    trust_proxy: int = 0
+
 
 # Module-level: Autobahn's protocol keeps its own (level-filtered) ``self.log``.
 log = Logger()
@@ -45,36 +98,79 @@ class Lobby(Service):
     ``ONLINE_INTERVAL``.
     """
 
-    def __init__(self, matchmaker: Matchmaker, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        matchmaker: Matchmaker,
+        reactor: IReactorTime,
+        gate: Gate | None = None,
+        shutdown_grace: float = 5.0,
+    ) -> None:
         self.matchmaker = matchmaker
         self._reactor = reactor
+        self.gate = gate if gate is not None else Gate(reports=Reports(reactor.seconds))
+        self.shutdown_grace = shutdown_grace
         self._wakeup: IDelayedCall | None = None
         self._clients: dict[RouletteProtocol, None] = {}
         self._online_ticker = LoopingCall(self._broadcast_online)
         self._online_ticker.clock = reactor
+        self._housekeeping = LoopingCall(self._prune)
+        self._housekeeping.clock = reactor
         self._online_sent = -1
+        self._drained: Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
         self._online_ticker.start(ONLINE_INTERVAL, now=False)
+        self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
+        """Tell every client the server is going away (close 1001), and wait
+        up to ``shutdown_grace`` seconds for them to go before dropping the
+        rest."""
         super().stopService()
-        if self._online_ticker.running:
-            self._online_ticker.stop()
+        for ticker in (self._online_ticker, self._housekeeping):
+            if ticker.running:
+                ticker.stop()
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
         self._wakeup = None
+        if not self._clients:
+            return succeed(None)
+        log.info("shutting down: closing {n} connections", n=len(self._clients))
+        self._drained = drained = Deferred()
+        for client in list(self._clients):
+            client.going_away()
+        timer = self._reactor.callLater(self.shutdown_grace, self._drop_the_rest)
+        drained.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return drained
+
+    def _drop_the_rest(self) -> None:
+        log.info("shutdown grace over: dropping {n} connections", n=len(self._clients))
+        for client in list(self._clients):
+            client.dropConnection(abort=True)
+        self._clients.clear()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.callback(None)
+
+    def _prune(self) -> None:
+        now = self._reactor.seconds()
+        self.gate.addresses.prune(now)
+        if self.gate.reports is not None:
+            self.gate.reports.prune()
 
     # -- what the protocol calls -------------------------------------------
 
-    def join(self, client: RouletteProtocol) -> None:
+    def join(self, client: RouletteProtocol, identity: Hashable | None = None) -> None:
         """A client finished its handshake: tell it the count, then queue it."""
         self._clients[client] = None
         # The count it is told includes itself; it must arrive before "waiting".
         client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
         self._online_sent = -1  # the newcomer may have heard another count
-        self.matchmaker.connect(client)
+        self.matchmaker.connect(client, identity)
         self._reschedule()
 
     def leave(self, client: RouletteProtocol) -> None:
@@ -82,6 +178,32 @@ class Lobby(Service):
             del self._clients[client]
             self.matchmaker.disconnect(client)
             self._reschedule()
+        if self._drained is not None and not self._clients:
+            self._fire_drained()
+
+    def report(self, client: RouletteProtocol, reporter: str) -> bool:
+        """End the client's chat for good; ban the partner's address if enough
+        people reported it.  ``False`` when the client had no partner."""
+        reported = self.matchmaker.report(client)
+        self._reschedule()
+        if reported is None:
+            return False
+        reports = self.gate.reports
+        until = None if reports is None else reports.report(reporter, str(reported))
+        if until is not None:
+            self.ban(str(reported), until)
+        return True
+
+    def ban(self, address: str, until: float) -> None:
+        """Close every connection from a banned address."""
+        banned = [c for c in self._clients if c.address_hash == address]
+        log.warn(
+            "banned {peers} until {until:.0f} after reports",
+            peers=[c.peer for c in banned],
+            until=until,
+        )
+        for client in banned:
+            client.ban(until)
 
     def next(self, client: RouletteProtocol) -> None:
         self.matchmaker.next(client)
@@ -93,6 +215,10 @@ class Lobby(Service):
 
     def relay_message(self, client: RouletteProtocol, text: str) -> bool:
         return self.matchmaker.relay_message(client, text)
+
+    def banned_until(self, address_hash: str) -> float | None:
+        reports = self.gate.reports
+        return None if reports is None else reports.banned_until(address_hash)
 
     def relay_typing(self, client: RouletteProtocol, active: bool) -> bool:
         return self.matchmaker.relay_typing(client, active)
@@ -132,6 +258,33 @@ class Lobby(Service):
         self._online_sent = count if current else -1
 
 
+@implementer(IPushProducer)
+class _SendBuffer:
+    """Watches a connection's outgoing buffer through the transport's
+    producer callbacks: the transport pauses us when its buffer passes its
+    ``bufferSize`` and resumes us only once it has drained completely."""
+
+    def __init__(self, buffer_size: int) -> None:
+        self.buffer_size = buffer_size
+        self.paused = False
+        self.queued_since_pause = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.queued_since_pause = 0
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued_since_pause = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+    def estimate(self) -> int:
+        """An upper bound of the bytes waiting to be sent (0 when not paused)."""
+        return self.buffer_size + self.queued_since_pause if self.paused else 0
+
+
 class RouletteProtocol(WebSocketServerProtocol):
     """One client connection: decode, validate, dispatch, encode.
 
@@ -140,56 +293,153 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     factory: RouletteFactory
 
+    #: The client's address (after trusted proxies) and its keyed hash.
+    address = "?"
+    address_hash = ""
+    _admitted = False
     _joined = False
     _online_count = -1
     _online_at = float("-inf")
+    _send_buffer: _SendBuffer | None = None
+
+    # -- handshake -----------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Admit or refuse the upgrade, before it happens (HTTP 403/429/503)."""
+        lobby = self.factory.lobby
+        gate = lobby.gate
+        peer = self.transport.getPeer()
+        peer_host = str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
+        forwarded = request.headers.get("x-forwarded-for")
+        self.address = client_host(peer_host, [forwarded] if forwarded else [], gate.trust_proxy)
+        self.address_hash = gate.hasher(address_key(self.address))
+        if not gate.origins.allows(request.origin, request.host):
+            self._refuse(403, "origin not allowed", origin=request.origin)
+        until = lobby.banned_until(self.address_hash)
+        if until is not None:
+            self._refuse(403, "banned", until=until)
+        refused = gate.addresses.admit(self.address_hash, self.factory.reactor.seconds())
+        if refused == "total":
+            self._refuse(503, "server full")
+        if refused is not None:
+            self._refuse(429, f"too many connections from this address ({refused})")
+        self._admitted = True
+
+    def _refuse(self, code: int, reason: str, **details: object) -> None:
+        log.info(
+            "refused handshake from {address}: {code} {reason} {details}",
+            address=self.address,
+            code=code,
+            reason=reason,
+            details=details,
+        )
+        raise ConnectionDeny(code, reason)
 
     def onOpen(self) -> None:
         self._joined = True
-        log.info("client {peer} connected", peer=self.peer)
-        self.factory.lobby.join(self)
+        limits = self.factory.limits
+        now = self.factory.reactor.seconds()
+        self._message_budget = TokenBucket(limits.message_rate, limits.message_burst, now)
+        self._typing_budget = TokenBucket(limits.typing_rate, limits.typing_burst, now)
+        self._queue_budget = TokenBucket(limits.queue_rate, limits.queue_burst, now)
+        self._refusals = WindowCounter(limits.flood_window)
+        # Behind twisted.web the HTTP channel is still the transport's
+        # producer; the connection is ours now.
+        self._send_buffer = _SendBuffer(getattr(self.transport, "bufferSize", 65536))
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self._send_buffer, True)
+        log.info("client {address} connected", address=self.address)
+        self.factory.lobby.join(self, self.address_hash)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.factory.lobby.gate.addresses.release(self.address_hash)
         if self._joined:
             self._joined = False
             log.info(
-                "client {peer} disconnected (clean={clean}, code={code})",
-                peer=self.peer,
+                "client {address} disconnected (clean={clean}, code={code})",
+                address=self.address,
                 clean=wasClean,
                 code=code,
             )
             self.factory.lobby.leave(self)
 
+    # -- frames --------------------------------------------------------------
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
-            self.sendCloseFrame(
-                code=CLOSE_UNSUPPORTED_DATA,
-                reasonUtf8=b"binary frames are not supported",
-            )
+            self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
             return
         lobby = self.factory.lobby
+        now = self.factory.reactor.seconds()
         try:
             command = wire.parse_command(payload, self.factory.max_message_length)
             match command:
                 case wire.Message(text):
+                    if not self._message_budget.take(now):
+                        raise _RATE_LIMITED
                     if not lobby.relay_message(self, text):
                         raise wire.CommandError(
                             wire.NOT_PAIRED, "You have no partner to send a message to."
                         )
                 case wire.Typing(active):
+                    if not self._typing_budget.take(now):
+                        self._refused(now)  # dropped, as typing without a partner is
+                        return
                     lobby.relay_typing(self, active)
+                case _ if not self._queue_budget.take(now):
+                    raise _RATE_LIMITED
                 case wire.Next():
                     lobby.next(self)
                 case wire.Stop():
                     lobby.stop(self)
+                case wire.Report():
+                    if not lobby.report(self, self.address_hash):
+                        raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
+                    log.info("client {address} reported its partner", address=self.address)
         except wire.CommandError as error:
             self._send(wire.encode_error(error.code, error.message))
+            self._refused(now)
+
+    def _refused(self, now: float) -> None:
+        limits = self.factory.limits
+        if self._refusals.add(now) >= limits.flood_refusals:
+            log.warn("closing {address}: flooding", address=self.address)
+            self._close(CLOSE_POLICY_VIOLATION, "too many refused frames")
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
 
     def _send(self, frame: bytes) -> None:
         # A client whose close handshake has begun is leaving; onClose will
         # tell the matchmaker.  Until then, events for it are dropped.
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(frame)
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        buffer = self._send_buffer
+        if buffer is not None and buffer.paused:
+            buffer.queued_since_pause += len(frame) + 4
+            if buffer.estimate() > self.factory.limits.send_buffer_limit:
+                self._drop_slow_consumer()
+                return
+        self.sendMessage(frame)
+
+    def _drop_slow_consumer(self) -> None:
+        log.warn("dropping {address}: it does not read what it is sent", address=self.address)
+        # It is not reading, so the close frame is a courtesy; the drop is not.
+        self._close(CLOSE_POLICY_VIOLATION, "not reading fast enough")
+        self.dropConnection(abort=True)
+
+    # -- what the lobby calls --------------------------------------------------
+
+    def ban(self, until: float) -> None:
+        self._send(wire.encode_banned(until))
+        self._close(CLOSE_POLICY_VIOLATION, "banned")
+
+    def going_away(self) -> None:
+        # sendClose() refuses 1001; sendCloseFrame() does not.
+        self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     # -- Peer ----------------------------------------------------------------
 
@@ -197,6 +447,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._send(wire.WAITING)
 
     def send_paired(self) -> None:
+        log.info("client {address} paired", address=self.address)
         self._send(wire.PAIRED)
 
     def send_message(self, text: str) -> None:
@@ -223,6 +474,11 @@ class RouletteProtocol(WebSocketServerProtocol):
         return True
 
 
+_RATE_LIMITED = wire.CommandError(
+    wire.RATE_LIMITED, "You are sending too fast; this one was not delivered."
+)
+
+
 class RouletteFactory(WebSocketServerFactory):
     """Builds :class:`RouletteProtocol` connections that share one :class:`Lobby`."""
 
@@ -234,11 +490,13 @@ class RouletteFactory(WebSocketServerFactory):
         max_message_length: int = 2000,
         auto_ping_interval: float = AUTO_PING_INTERVAL,
         auto_ping_timeout: float = AUTO_PING_TIMEOUT,
+        limits: Limits | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.lobby = lobby
         self.max_message_length = max_message_length
+        self.limits = limits if limits is not None else Limits()
         self.setProtocolOptions(
             failByDrop=False,
             webStatus=False,
@@ -246,4 +504,7 @@ class RouletteFactory(WebSocketServerFactory):
             maxMessagePayloadSize=wire.MAX_PAYLOAD,
             autoPingInterval=auto_ping_interval,
             autoPingTimeout=auto_ping_timeout,
+            # No per-message compression: it leaks secrets (CRIME/BREACH) and
+            # invites decompression bombs.
+            perMessageCompressionAccept=lambda offers: None,
         )

@@ -8,6 +8,7 @@ object with a string field ``type``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -23,6 +24,11 @@ BAD_JSON = "bad_json"
 BAD_MESSAGE = "bad_message"
 TOO_LONG = "too_long"
 NOT_PAIRED = "not_paired"
+#: Refused because the client sent too many frames of that kind too fast.
+RATE_LIMITED = "rate_limited"
+
+#: Longest ``reason`` a report may give, in characters.
+MAX_REASON_LENGTH = 500
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -47,7 +53,12 @@ class Stop:
     pass
 
 
-Command = Message | Typing | Next | Stop
+@dataclass(frozen=True, slots=True)
+class Report:
+    reason: str
+
+
+Command = Message | Typing | Next | Stop | Report
 
 _NEXT = Next()
 _STOP = Stop()
@@ -97,6 +108,15 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
         return _NEXT
     if kind == "stop":
         return _STOP
+    if kind == "report":
+        reason = obj.get("reason", "")
+        if not isinstance(reason, str):
+            raise CommandError(BAD_MESSAGE, 'The "reason" of a report must be a string.')
+        if len(reason) > MAX_REASON_LENGTH:
+            raise CommandError(
+                TOO_LONG, f"A report reason may be at most {MAX_REASON_LENGTH} characters long."
+            )
+        return Report(reason)
     if not isinstance(kind, str):
         raise CommandError(BAD_MESSAGE, 'A command needs a string field "type".')
     raise CommandError(BAD_MESSAGE, f"Unknown command type {kind[:40]!r}.")
@@ -127,6 +147,11 @@ def encode_typing(active: bool) -> bytes:
 
 def encode_online(count: int) -> bytes:
     return b'{"type":"online","count":%d}' % count
+
+
+def encode_banned(until: float) -> bytes:
+    """The ``banned`` event: refused until ``until`` (seconds since the epoch)."""
+    return b'{"type":"banned","until":%d}' % math.ceil(until)
 
 
 def encode_error(code: str, message: str) -> bytes:

@@ -14,8 +14,9 @@ from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
+from roulette.abuse import Reports
 from roulette.core import MemoryMatchmaker
-from roulette.server import Lobby, RouletteFactory
+from roulette.server import Gate, Limits, Lobby, RouletteFactory
 
 
 class Client(WebSocketClientProtocol):
@@ -45,13 +46,24 @@ class Client(WebSocketClientProtocol):
 class Harness:
     """A lobby on a fake clock and an in-memory agent connecting clients to it."""
 
-    def __init__(self, cooldown: float = 60.0, max_message_length: int = 2000) -> None:
+    def __init__(
+        self,
+        cooldown: float = 60.0,
+        max_message_length: int = 2000,
+        limits: Limits | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.clock = task.Clock()
         self.clock.advance(1000)
         self.matchmaker = MemoryMatchmaker(random.Random(0), self.clock.seconds, cooldown)
-        self.lobby = Lobby(self.matchmaker, self.clock)
+        if gate is None:
+            gate = Gate(reports=Reports(self.clock.seconds))
+        self.lobby = Lobby(self.matchmaker, self.clock, gate)
         self.lobby.startService()
-        self.factory = RouletteFactory(self.lobby, max_message_length=max_message_length)
+        # The protocol reads the time from its factory's reactor: the same clock.
+        self.factory = RouletteFactory(
+            self.lobby, max_message_length=max_message_length, limits=limits, reactor=self.clock
+        )
         self.pumper = create_pumper()
         self.agent = create_memory_agent(
             MemoryReactorClock(), self.pumper, lambda: self.factory.buildProtocol(None)
@@ -63,12 +75,14 @@ class Harness:
         for _ in range(3):
             self.pumper._flush()
 
-    async def connect(self) -> Client:
-        d = self.agent.open("ws://localhost/ws", {}, protocol_class=Client)
+    async def connect(self, headers: dict[str, str] | None = None) -> Client:
+        options = {"headers": headers} if headers else {}
+        d = self.agent.open("ws://localhost/ws", options, protocol_class=Client)
         for _ in range(20):
             self.pump()
             if d.called:
                 break
+        assert d.called, "the handshake did not finish"
         client: Client = await d
         self.pump()
         self.clients.append(client)
@@ -133,12 +147,16 @@ async def test_two_connections_are_paired_and_relay_both_ways(harness: Harness) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_messages_arrive_in_order(harness: Harness) -> None:
-    a, b = await harness.pair()
-    for i in range(50):
-        a.send({"type": "message", "text": f"m{i}"})
-    harness.pump()
-    assert [e["text"] for e in b.take()] == [f"m{i}" for i in range(50)]
+async def test_messages_arrive_in_order() -> None:
+    h = Harness(limits=Limits(message_burst=100))
+    try:
+        a, b = await h.pair()
+        for i in range(50):
+            a.send({"type": "message", "text": f"m{i}"})
+        h.pump()
+        assert [e["text"] for e in b.take()] == [f"m{i}" for i in range(50)]
+    finally:
+        await h.close()
 
 
 @pytest_twisted.ensureDeferred
