@@ -13,9 +13,17 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
 from roulette import wire
+from roulette.abuse import AddressLimits, OriginPolicy, Reports
 from roulette.core import MemoryMatchmaker
-from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, Lobby, RouletteFactory
-from roulette.website import default_web_root, make_site
+from roulette.server import (
+    AUTO_PING_INTERVAL,
+    AUTO_PING_TIMEOUT,
+    Gate,
+    Limits,
+    Lobby,
+    RouletteFactory,
+)
+from roulette.website import HANDSHAKE_TIMEOUT, default_web_root, make_site
 
 
 class Options(usage.Options):
@@ -63,16 +71,94 @@ class Options(usage.Options):
             "Seconds a client may take to answer a ping before it is dropped (at least 1).",
             float,
         ],
+        [
+            "handshake-timeout",
+            None,
+            HANDSHAKE_TIMEOUT,
+            "Seconds from accepting a connection until its request (or WebSocket upgrade) "
+            "must have arrived in full.",
+            float,
+        ],
+        ["message-rate", None, 5.0, "Chat messages a connection may send a second.", float],
+        ["message-burst", None, 10.0, "Chat messages a connection may send at once.", float],
+        ["max-per-ip", None, 8, "Concurrent WebSocket connections per address (IPv6: /64).", int],
+        [
+            "connects-per-minute",
+            None,
+            60,
+            "New WebSocket connections per address a minute (IPv6: /64).",
+            int,
+        ],
+        ["max-connections", None, 0, "WebSocket connections in all (0: no cap).", int],
+        [
+            "trust-proxy",
+            None,
+            0,
+            "How many proxies in front of the server to believe in X-Forwarded-For.",
+            int,
+        ],
+        [
+            "send-buffer-limit",
+            None,
+            262144,
+            "Bytes waiting to be sent to a client that does not read before it is dropped.",
+            int,
+        ],
+        [
+            "ban-reports",
+            None,
+            3,
+            "Reports from this many different addresses within 10 minutes ban an address.",
+            int,
+        ],
+        ["ban-minutes", None, 10.0, "Length of a first ban; each repeat doubles it.", float],
+        [
+            "shutdown-grace",
+            None,
+            5.0,
+            "Seconds clients get to close after the server says it is going away.",
+            float,
+        ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, pattern: str) -> None:
+        """Also accept WebSockets from pages of this origin (scheme://host[:port], * for any run of characters; repeatable). The server's own origin is always accepted."""  # noqa: E501
+        try:
+            OriginPolicy((pattern,))
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["allowed-origin"].append(pattern)
 
     def postOptions(self) -> None:
         if not 1 <= self["max-message-length"] <= wire.MAX_TEXT_LIMIT:
             raise usage.UsageError(
                 f"--max-message-length must be between 1 and {wire.MAX_TEXT_LIMIT}"
             )
-        for name in ("repair-cooldown", "auto-ping-interval"):
+        for name in (
+            "repair-cooldown",
+            "auto-ping-interval",
+            "handshake-timeout",
+            "max-connections",
+            "trust-proxy",
+        ):
             if not self[name] >= 0:
                 raise usage.UsageError(f"--{name} must not be negative")
+        for name in (
+            "message-rate",
+            "message-burst",
+            "max-per-ip",
+            "connects-per-minute",
+            "send-buffer-limit",
+            "ban-reports",
+            "ban-minutes",
+            "shutdown-grace",
+        ):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be positive")
         # Autobahn schedules these timers to whole seconds.
         if not self["auto-ping-timeout"] >= 1:
             raise usage.UsageError("--auto-ping-timeout must be at least 1 second")
@@ -97,15 +183,31 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     matchmaker = MemoryMatchmaker(
         random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
     )
-    lobby = Lobby(matchmaker, clock)
+    ban_seconds = config["ban-minutes"] * 60
+    gate = Gate(
+        origins=OriginPolicy(tuple(config["allowed-origin"])),
+        addresses=AddressLimits(
+            config["max-per-ip"], config["connects-per-minute"], config["max-connections"]
+        ),
+        reports=Reports(clock.seconds, threshold=config["ban-reports"], ban_seconds=ban_seconds),
+        trust_proxy=config["trust-proxy"],
+    )
+    lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
     lobby.setServiceParent(parent)
+    limits = Limits(
+        message_rate=config["message-rate"],
+        message_burst=config["message-burst"],
+        send_buffer_limit=config["send-buffer-limit"],
+    )
     factory = RouletteFactory(
         lobby,
         max_message_length=config["max-message-length"],
         auto_ping_interval=config["auto-ping-interval"],
         auto_ping_timeout=config["auto-ping-timeout"],
+        limits=limits,
+        reactor=reactor,
     )
-    site = make_site(lobby, config["web-root"], factory)
+    site = make_site(lobby, config["web-root"], factory, config["handshake-timeout"])
     endpoint = endpoints.serverFromString(reactor, config["port"])
     listener = StreamServerEndpointService(endpoint, site)
     # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
