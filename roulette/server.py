@@ -493,6 +493,7 @@ class RouletteFactory(WebSocketServerFactory):
         limits: Limits | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("server", None)  # no "Server: AutobahnPython/<version>"
         super().__init__(**kwargs)
         self.lobby = lobby
         self.max_message_length = max_message_length

@@ -406,3 +406,152 @@ async def test_others_chats_carry_on_when_one_client_misbehaves(harness: Harness
     assert b.take() == [{"type": "message", "text": "fine"}]
     assert d.take() == [{"type": "partner_left"}]
     assert a.closed is None and b.closed is None
+
+
+# -- abuse controls ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_over_the_budget_are_refused_not_relayed() -> None:
+    h = Harness(limits=Limits(message_rate=5, message_burst=10))
+    try:
+        a, b = await h.pair()
+        for i in range(12):
+            a.send({"type": "message", "text": f"m{i}"})
+        h.pump()
+        assert [e["text"] for e in b.take()] == [f"m{i}" for i in range(10)]
+        assert errors(a) == ["rate_limited", "rate_limited"]
+        h.tick(0.2)  # one token back
+        a.send({"type": "message", "text": "later"})
+        h.pump()
+        assert [e for e in b.take() if e["type"] == "message"] == [
+            {"type": "message", "text": "later"}
+        ]
+        assert a.closed is None
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flooder_is_closed_with_1008_and_its_partner_told() -> None:
+    h = Harness(limits=Limits(message_burst=10, flood_refusals=50, flood_window=10))
+    try:
+        a, b = await h.pair()
+        c, d = await h.pair()
+        for i in range(59):
+            a.send({"type": "message", "text": f"m{i}"})
+        h.pump()
+        assert a.closed is None  # 10 delivered, 49 refused
+        a.send({"type": "message", "text": "one more"})
+        h.pump()
+        assert a.closed is not None and a.closed[1] == 1008
+        assert b.take()[-1] == {"type": "partner_left"}
+        # Nobody else noticed.
+        c.send({"type": "message", "text": "hi"})
+        h.pump()
+        assert d.take() == [{"type": "message", "text": "hi"}]
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_storm_is_rate_limited_and_typing_flood_dropped() -> None:
+    h = Harness(cooldown=0, limits=Limits(queue_rate=1, queue_burst=5, typing_burst=5))
+    try:
+        a, b = await h.pair()
+        for _ in range(7):
+            a.send({"type": "next"})
+        h.pump()
+        codes = [e.get("code") for e in a.take() if e["type"] == "error"]
+        assert codes == ["rate_limited", "rate_limited"]
+        b.send({"type": "next"})
+        h.pump()
+        b.take()
+        for _ in range(8):
+            b.send({"type": "typing", "active": True})
+        h.pump()
+        assert [e for e in a.take() if e["type"] == "typing"] == [
+            {"type": "typing", "active": True}
+        ] * 5
+        assert b.take() == []  # dropped silently, as typing without a partner is
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_ends_the_chat_and_the_two_never_meet_again(harness: Harness) -> None:
+    h = harness
+    a, b = await h.pair()
+    a.send({"type": "report", "reason": "rude"})
+    h.pump()
+    assert b.take() == [{"type": "partner_left"}]
+    assert a.take() == [{"type": "waiting"}]
+    h.tick(3600)  # far beyond the cooldown
+    b.send({"type": "next"})
+    h.pump()
+    assert [e for e in b.take() if e["type"] != "online"] == [{"type": "waiting"}]
+    assert h.lobby.stats().as_dict() == {"online": 2, "waiting": 2, "chatting": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_checks(harness: Harness) -> None:
+    a = await harness.connect()
+    a.take()
+    a.send({"type": "report"})
+    a.send({"type": "report", "reason": 5})
+    a.send({"type": "report", "reason": "x" * 501})
+    harness.pump()
+    assert errors(a) == ["not_paired", "bad_message", "too_long"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_reporters_ban_the_address() -> None:
+    """Addresses come from X-Forwarded-For, trusted for one proxy."""
+    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
+    h.lobby.gate.trust_proxy = 1
+    try:
+        bad = await h.connect({"X-Forwarded-For": "198.51.100.66"})
+        bad2 = await h.connect({"X-Forwarded-For": "198.51.100.66"})
+        bad2.send({"type": "stop"})  # bad2 stays idle; bad looks again
+        bad.send({"type": "next"})
+        h.pump()
+        for n in range(3):
+            reporter = await h.connect({"X-Forwarded-For": f"203.0.113.{n}"})
+            h.pump()
+            assert {"type": "paired"} in reporter.events, n
+            reporter.send({"type": "report", "reason": "spam"})
+            h.pump()
+            if n < 2:
+                assert bad.closed is None
+                bad.send({"type": "next"})  # look again; meets the next reporter
+                h.pump()
+        until = int(h.clock.seconds() + 600)
+        for victim in (bad, bad2):
+            assert {"type": "banned", "until": until} in victim.events
+            assert victim.closed is not None and victim.closed[1] == 1008
+        assert h.lobby.banned_until(h.lobby.gate.hasher("198.51.100.66")) == until
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_sends_going_away_and_waits_for_clients(harness: Harness) -> None:
+    a, b = await harness.pair()
+    stopped = harness.lobby.stopService()
+    harness.pump()
+    assert a.closed is not None and a.closed[1] == 1001
+    assert b.closed is not None and b.closed[1] == 1001
+    assert stopped.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drops_clients_that_do_not_close_within_the_grace(
+    harness: Harness,
+) -> None:
+    a, _ = await harness.pair()
+    stopped = harness.lobby.stopService()  # the close frames are not pumped
+    assert not stopped.called
+    harness.clock.advance(harness.lobby.shutdown_grace)
+    assert stopped.called
+    harness.pump()
+    assert a.closed is not None
