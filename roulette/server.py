@@ -270,8 +270,10 @@ class _SendBuffer:
         self.queued_since_pause = 0
 
     def pauseProducing(self) -> None:
-        self.paused = True
-        self.queued_since_pause = 0
+        # The transport repeats this for every write while its buffer is full.
+        if not self.paused:
+            self.paused = True
+            self.queued_since_pause = 0
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -313,7 +315,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         forwarded = request.headers.get("x-forwarded-for")
         self.address = client_host(peer_host, [forwarded] if forwarded else [], gate.trust_proxy)
         self.address_hash = gate.hasher(address_key(self.address))
-        if not gate.origins.allows(request.origin, request.host):
+        if not gate.origins.allows(request.origin, request.headers.get("host")):
             self._refuse(403, "origin not allowed", origin=request.origin)
         until = lobby.banned_until(self.address_hash)
         if until is not None:
@@ -404,7 +406,10 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def _refused(self, now: float) -> None:
         limits = self.factory.limits
-        if self._refusals.add(now) >= limits.flood_refusals:
+        if (
+            self._refusals.add(now) >= limits.flood_refusals
+            and self.state == WebSocketProtocol.STATE_OPEN
+        ):
             log.warn("closing {address}: flooding", address=self.address)
             self._close(CLOSE_POLICY_VIOLATION, "too many refused frames")
 
@@ -508,4 +513,8 @@ class RouletteFactory(WebSocketServerFactory):
             # No per-message compression: it leaks secrets (CRIME/BREACH) and
             # invites decompression bombs.
             perMessageCompressionAccept=lambda offers: None,
+            # Autobahn would refuse "Origin: null" with a bare 400 before our
+            # own origin check could answer 403.  setProtocolOptions resets
+            # this flag on every call, so it is set here, in the one call.
+            allowNullOrigin=True,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import signal
 import socket
@@ -13,14 +15,20 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 #: The twistd installed beside the Python running the tests (a venv's bin/).
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -28,9 +36,14 @@ class RunningServer:
     """``twistd -n roulette`` in a subprocess, listening on 127.0.0.1:``port``."""
 
     def __init__(
-        self, port: int | None = None, *args: str, endpoint: str = "tcp:{port}:interface=127.0.0.1"
+        self,
+        port: int | None = None,
+        *args: str,
+        endpoint: str = "tcp:{port}:interface=127.0.0.1",
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.args = args
         self.endpoint = endpoint.format(port=self.port)
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,12 +56,17 @@ class RunningServer:
     @property
     def http_url(self) -> str:
         scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self._authority}"
+
+    @property
+    def _authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
         scheme = "wss" if self.ssl_context else "ws"
-        return f"{scheme}://127.0.0.1:{self.port}/ws"
+        return f"{scheme}://{self._authority}/ws"
 
     def start(self, timeout: float = 20.0) -> RunningServer:
         command = [
@@ -78,10 +96,26 @@ class RunningServer:
         raise RuntimeError(f"twistd did not answer within {timeout} s:\n{self.log()}")
 
     def health(self) -> dict[str, int]:
+        if self.endpoint.startswith("haproxy:"):
+            return self._health_through_proxy_protocol()
         with urllib.request.urlopen(
             self.http_url + "/healthz", timeout=2, context=self.ssl_context
         ) as response:
             return json.loads(response.read())
+
+    def _health_through_proxy_protocol(self) -> dict[str, int]:
+        """GET /healthz the way a load balancer speaking PROXY v1 would."""
+        with socket.create_connection((self.host, self.port), timeout=2) as sock:
+            sock.sendall(
+                f"PROXY TCP4 127.0.0.1 127.0.0.1 1 {self.port}\r\n".encode()
+                + b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n"
+            )
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+        if not response.startswith(b"HTTP/1.0 200") and not response.startswith(b"HTTP/1.1 200"):
+            raise OSError(f"unexpected answer: {response[:80]!r}")
+        return json.loads(response.split(b"\r\n\r\n", 1)[1])
 
     def log(self) -> str:
         try:
@@ -117,3 +151,34 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, made on the spot."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -22,11 +20,7 @@ from typing import Any
 
 import pytest
 import websockets
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from support import TWISTD, RunningServer, wait_until
+from support import TWISTD, RunningServer, self_signed, wait_until
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
@@ -231,39 +225,8 @@ def test_port_in_use_fails_at_start(server: RunningServer) -> None:
     assert "Address already in use" in result.stdout + result.stderr
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A key and a certificate for 127.0.0.1, made on the spot."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 def test_tls_endpoint_serves_page_and_wss(tmp_path: Path) -> None:
-    key_path, cert_path = _self_signed(tmp_path)
+    key_path, cert_path = self_signed(tmp_path)
     context = ssl.create_default_context(cafile=str(cert_path))
     secure = RunningServer(
         None, endpoint=f"ssl:{{port}}:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
