@@ -1,0 +1,147 @@
+"""Arbitrary text and JSON thrown at the protocol: every frame gets a protocol
+answer (an event or a close code), never an unhandled exception."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from autobahn.twisted.testing import create_memory_agent, create_pumper
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_protocol import Client, Harness
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+
+from roulette.abuse import AddressLimits
+from roulette.server import Gate, Limits
+
+ERROR_CODES = {"bad_json", "bad_message", "too_long", "not_paired", "rate_limited"}
+CLOSE_CODES = {1003, 1007, 1008, 1009}
+TYPES = ["message", "typing", "next", "stop", "report", "online", "paired", "", "MESSAGE"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+commands = st.fixed_dictionaries(
+    {"type": st.sampled_from(TYPES) | json_values},
+    optional={
+        "text": json_values | st.text(max_size=2100),
+        "active": json_values,
+        "reason": json_values | st.text(max_size=600),
+    },
+)
+frames = st.one_of(
+    st.text(max_size=200).map(lambda t: (t.encode("utf-8", "surrogatepass"), False)),
+    st.binary(max_size=100).map(lambda b: (b, False)),  # often not UTF-8
+    st.binary(max_size=20).map(lambda b: (b, True)),
+    json_values.map(lambda v: (json.dumps(v).encode(), False)),
+    commands.map(lambda c: (json.dumps(c).encode(), False)),
+)
+
+
+class Fuzzer:
+    """Two clients chatting; one of them sends whatever hypothesis makes."""
+
+    def __init__(self) -> None:
+        self.h = Harness(
+            cooldown=0,
+            limits=Limits(message_burst=1e9, typing_burst=1e9, queue_burst=1e9),
+            gate=Gate(addresses=AddressLimits(10**6, 10**6)),
+        )
+        self.h.pumper = create_pumper()
+        self.h.agent = create_memory_agent(
+            MemoryReactorClock(), self.h.pumper, lambda: self.h.factory.buildProtocol(None)
+        )
+        self.failures: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self._observe)
+        self.a, self.b = self._pair()
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        if "log_failure" in event or event.get("isError"):
+            self.failures.append(event)
+
+    def _connect(self) -> Client:
+        d = self.h.agent.open("ws://localhost/ws", {}, protocol_class=Client)
+        for _ in range(20):
+            self.h.pump()
+        results: list[Any] = []
+        d.addBoth(results.append)
+        assert results and isinstance(results[0], Client), results
+        self.h.clients.append(results[0])
+        return results[0]
+
+    def _pair(self) -> tuple[Client, Client]:
+        a = self._connect()
+        b = self._connect()
+        for c in (a, b):
+            if {"type": "paired"} not in c.events:
+                c.send({"type": "next"})
+        self.h.pump()
+        return a, b
+
+    def send(self, payload: bytes, binary: bool) -> None:
+        a = self.a
+        a.take()
+        self.b.take()
+        before = len(a.raw)
+        a.sendMessage(payload, isBinary=binary)
+        self.h.pump()
+        assert not self.failures, self.failures
+        if a.closed is not None or a.state != a.STATE_OPEN:
+            assert a.closed is not None and a.closed[1] in CLOSE_CODES, a.closed
+            self.a, self.b = self._pair()
+            return
+        for event in a.events:
+            assert isinstance(event, dict) and isinstance(event.get("type"), str)
+            if event["type"] == "error":
+                assert event["code"] in ERROR_CODES
+                assert isinstance(event["message"], str) and event["message"]
+        assert len(a.raw) >= before
+
+    def close(self) -> None:
+        globalLogPublisher.removeObserver(self._observe)
+        for client in self.h.clients:
+            if client.closed is None:
+                client.dropConnection(abort=True)
+        self.h.pump()
+        self.h.lobby.stopService()
+
+
+@pytest.fixture(scope="module")
+def fuzzer():
+    f = Fuzzer()
+    yield f
+    f.close()
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(frame=frames)
+def test_every_frame_gets_a_protocol_answer(fuzzer: Fuzzer, frame: tuple[bytes, bool]) -> None:
+    fuzzer.send(*frame)
+
+
+def test_the_fuzzer_notices_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: a handler that raises is caught."""
+    from roulette import wire
+
+    f = Fuzzer()
+    try:
+
+        def explode(payload: bytes, max_length: int) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(wire, "parse_command", explode)
+        with pytest.raises(Exception):  # noqa: B017 - any way of failing will do
+            f.send(b'{"type": "next"}', False)
+    finally:
+        f.close()
