@@ -380,7 +380,7 @@ class RouletteProtocol(WebSocketServerProtocol):
             match command:
                 case wire.Message(text):
                     if not self._message_budget.take(now):
-                        raise _RATE_LIMITED
+                        raise _rate_limited()
                     if not lobby.relay_message(self, text):
                         raise wire.CommandError(
                             wire.NOT_PAIRED, "You have no partner to send a message to."
@@ -391,7 +391,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         return
                     lobby.relay_typing(self, active)
                 case _ if not self._queue_budget.take(now):
-                    raise _RATE_LIMITED
+                    raise _rate_limited()
                 case wire.Next():
                     lobby.next(self)
                 case wire.Stop():
@@ -479,9 +479,12 @@ class RouletteProtocol(WebSocketServerProtocol):
         return True
 
 
-_RATE_LIMITED = wire.CommandError(
-    wire.RATE_LIMITED, "You are sending too fast; this one was not delivered."
-)
+def _rate_limited() -> wire.CommandError:
+    # A fresh exception every time: raising one shared instance would chain
+    # every traceback onto it and keep all those frames alive.
+    return wire.CommandError(
+        wire.RATE_LIMITED, "You are sending too fast; this one was not delivered."
+    )
 
 
 class RouletteFactory(WebSocketServerFactory):
