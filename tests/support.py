@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime
 import ipaddress
 import json
@@ -13,12 +15,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+T = TypeVar("T")
 
 #: The twistd installed beside the Python running the tests (a venv's bin/).
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -182,3 +188,11 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh event loop in its own thread,
+    so that it works even where another library (Playwright's sync API) has
+    claimed this thread's loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

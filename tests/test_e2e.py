@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import websockets
-from support import TWISTD, RunningServer, self_signed, wait_until
+from support import TWISTD, RunningServer, free_port, run_async, self_signed, wait_until
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,7 @@ def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
         await a.close()
         await b.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
     wait_until(lambda: server.health()["online"] == 0)
 
 
@@ -138,7 +138,7 @@ def test_bad_json_keeps_the_connection(server: RunningServer) -> None:
         await a.close()
         await b.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_close_codes(server: RunningServer) -> None:
@@ -153,7 +153,7 @@ def test_close_codes(server: RunningServer) -> None:
         assert await closed_with(c) == 1009
         await b.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def _raw_handshake(port: int) -> socket.socket:
@@ -190,7 +190,7 @@ def test_silent_peer_is_dropped_by_auto_ping(server: RunningServer) -> None:
         finally:
             silent.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_sigterm_stops_the_server() -> None:
@@ -246,4 +246,50 @@ def test_tls_endpoint_serves_page_and_wss(tmp_path: Path) -> None:
             await a.close()
             await b.close()
 
-        asyncio.run(scenario())
+        run_async(scenario())
+
+
+def test_json_logs_through_twistd_logger() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "roulette.logs.json_stdout",
+            "roulette",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+    )
+    try:
+        running = RunningServer(port)
+        wait_until(lambda: _answers(running), timeout=20)
+
+        async def scenario() -> None:
+            ws = await websockets.connect(running.ws_url)
+            await recv(ws)
+            await ws.close()
+
+        run_async(scenario())
+        wait_until(lambda: running.health()["online"] == 0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    events = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+    formats = [e.get("log_format", "") for e in events]
+    assert "client {address} connected" in formats
+    connected = next(e for e in events if e.get("log_format") == "client {address} connected")
+    assert connected["address"] == "127.0.0.1"
+
+
+def _answers(running: RunningServer) -> bool:
+    try:
+        running.health()
+        return True
+    except OSError:
+        return False

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import websockets
-from support import RunningServer, self_signed, wait_until
+from support import RunningServer, run_async, self_signed, wait_until
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
@@ -185,7 +185,7 @@ def test_a_prompt_client_is_not_cut_off(server: RunningServer) -> None:
         assert event["code"] == "bad_message"
         await ws.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 # -- per-address caps ---------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_a_partner_that_stops_reading_is_dropped() -> None:
             finally:
                 await fast.close()
 
-        sent = asyncio.run(scenario())
+        sent = run_async(scenario())
         slow.close()
         assert sent < 20000, "the partner was never dropped"
         assert "does not read" in running.log()
@@ -398,7 +398,7 @@ def test_sigterm_closes_every_client_with_1001() -> None:
             return codes
 
         started = time.monotonic()
-        assert asyncio.run(scenario()) == [1001, 1001, 1001]
+        assert run_async(scenario()) == [1001, 1001, 1001]
         assert running.process is not None
         running.process.wait(timeout=5)
         assert time.monotonic() - started < 5
@@ -443,7 +443,7 @@ def test_logs_name_addresses_but_never_message_text() -> None:
             await a.close()
             await b.close()
 
-        asyncio.run(scenario())
+        run_async(scenario())
         wait_until(lambda: running.health()["online"] == 0)
         log = running.log()
     assert "client 127.0.0.1 connected" in log

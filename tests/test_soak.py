@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import websockets
-from support import RunningServer, wait_until
+from support import RunningServer, run_async, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 pytestmark = pytest.mark.soak
@@ -280,7 +280,7 @@ def test_soak() -> None:
     ) as server:
         assert server.process is not None
         pid = server.process.pid
-        asyncio.run(warm_up(server.ws_url))
+        run_async(warm_up(server.ws_url))
         wait_until(lambda: server.health()["online"] == 0)
         rss_before = rss_kib(pid)
         tally = Tally()
@@ -308,7 +308,7 @@ def test_soak() -> None:
         async def main() -> None:
             await asyncio.gather(churn(), watch())
 
-        asyncio.run(main())
+        run_async(main())
         elapsed = time.monotonic() - started
         wait_until(lambda: server.health()["online"] == 0, timeout=30)
         time.sleep(1)
