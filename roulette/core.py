@@ -188,10 +188,14 @@ class MemoryMatchmaker:
         if partner is None:
             return None
         reported = self._identity[partner]
-        never = self._never
-        never[frozenset((self._identity[peer], reported))] = None
-        if len(never) > MAX_NEVER_PAIRS:
-            del never[next(iter(never))]
+        reporter = self._identity[peer]
+        # Two people behind one address (a NAT) cannot be kept apart by
+        # address without keeping everyone there apart: the cooldown must do.
+        if reporter != reported:
+            never = self._never
+            never[frozenset((reporter, reported))] = None
+            if len(never) > MAX_NEVER_PAIRS:
+                del never[next(iter(never))]
         self.next(peer)
         return reported
 

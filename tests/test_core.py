@@ -327,7 +327,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
             assert p.events == []
             return
         assert reported == self.identity[q]
-        self.never.add(frozenset((self.identity[p], self.identity[q])))
+        if self.identity[p] != self.identity[q]:
+            self.never.add(frozenset((self.identity[p], self.identity[q])))
         self._end(p, record_cooldown=True)
         assert q.events == [("partner_left",)]
         assert p.events[0] == ("waiting",)
@@ -479,6 +480,17 @@ def test_report_ends_chat_and_keeps_the_two_addresses_apart_for_good() -> None:
     # ...but someone else does.
     mm.connect(c, "ip-c")
     assert mm.partner_of(c) in (a, b2)
+
+
+def test_report_between_people_on_one_address_keeps_that_address_pairing() -> None:
+    mm, clock = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a, "nat")
+    mm.connect(b, "nat")
+    assert mm.report(a) == "nat"
+    clock.now += 61
+    mm.next(b)
+    assert mm.partner_of(a) is b  # after the cooldown, as for any chat
 
 
 def test_report_without_partner_does_nothing() -> None:

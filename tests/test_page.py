@@ -12,11 +12,13 @@ Set ``ROULETTE_SCREENSHOTS=1`` to refresh ``docs/screenshot-light.png`` and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,7 @@ CHATTING = "You're now chatting with a random stranger. Say hi!"
 PARTNER_LEFT = "Stranger has disconnected."
 YOU_LEFT = "You have disconnected."
 LOST = "Connection lost. Reconnecting…"
+REPORTED = "You reported the stranger. Looking for a stranger…"
 TYPING = "Stranger is typing…"
 
 #: The module's server refuses messages over this many characters; the page
@@ -409,6 +412,16 @@ class Relay:
             self._route.send(self.held.pop(0))
         self.holding = bool(self.held)
 
+    def inject(self, event: dict[str, object]) -> None:
+        """Send the tab an event the server did not send."""
+        assert self._route is not None
+        self._route.send(json.dumps(event))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the tab's connection, as the server would."""
+        assert self._route is not None
+        self._route.close(code=code, reason=reason)
+
 
 def test_events_about_a_chat_already_left_are_ignored(
     open_chat: OpenChat, server: RunningServer
@@ -486,6 +499,138 @@ def test_a_refused_next_or_stop_does_not_leave_the_page_out_of_step(
     expect(alice.status).to_have_text(YOU_LEFT)
     # The relay runs in this process: keep Playwright delivering while waiting.
     relay.wait_for(lambda: server.health() == {"online": 3, "waiting": 0, "chatting": 0})
+
+
+def test_report_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -> None:
+    # Reports are kept per address, and every tab connects from 127.0.0.1:
+    # on a server of its own, each tab gets an address from a trusted proxy.
+    own = RunningServer(
+        free_port(), "--repair-cooldown", "0", "--trust-proxy", "1", "--connects-per-minute", "1000"
+    ).start()
+    try:
+
+        def stranger(address: str) -> Chat:
+            return open_chat(own, extra_http_headers={"X-Forwarded-For": address})
+
+        alice = stranger("192.0.2.1")
+        bob = stranger("192.0.2.2")
+        expect_chatting(alice, bob)
+        bob.say("something rude")
+        expect(alice.lines).to_have_text(["Stranger: something rude"])
+
+        # The first press only asks, and the question goes away by itself.
+        expect(alice.button("Report")).to_be_enabled()
+        alice.button("Report").click()
+        expect(alice.button("Really report?")).to_be_visible()
+        expect(alice.button("Report")).to_be_visible(timeout=5_000)
+        expect(bob.status).to_have_text(CHATTING)
+
+        # Asked and confirmed: the chat ends, and Alice looks again.
+        alice.button("Report").click()
+        alice.button("Really report?").click()
+        expect(bob.status).to_have_text(PARTNER_LEFT)
+        expect(alice.status).to_have_text(REPORTED)
+        expect(alice.lines).to_have_count(0)
+        expect(alice.page.locator("#report")).to_be_hidden()
+        expect(alice.button("Next")).to_be_enabled()
+        expect(bob.page.locator("#report")).to_be_hidden()
+
+        # Both look for a stranger, and the server keeps them apart.
+        bob.button("Start").click()
+        expect(bob.status).to_have_text(LOOKING)
+        wait_until(lambda: own.health() == {"online": 2, "waiting": 2, "chatting": 0})
+        alice.button("Next").click()
+        bob.button("Next").click()
+        expect(alice.status).to_have_text(LOOKING)
+        wait_until(lambda: own.health() == {"online": 2, "waiting": 2, "chatting": 0})
+        alice.page.wait_for_timeout(300)
+        assert own.health() == {"online": 2, "waiting": 2, "chatting": 0}
+
+        # A third stranger meets one of them, then the other.
+        carol = stranger("192.0.2.3")
+        expect(carol.status).to_have_text(CHATTING)
+        pump_until(
+            carol.page, lambda: CHATTING in (alice.status.inner_text(), bob.status.inner_text())
+        )
+        first, second = (alice, bob) if alice.status.inner_text() == CHATTING else (bob, alice)
+        expect(second.status).to_have_text(LOOKING)
+        carol.button("Next").click()
+        expect(first.status).to_have_text(PARTNER_LEFT)
+        expect_chatting(carol, second)
+        carol.say("hello, second stranger")
+        expect(second.lines).to_have_text(["Stranger: hello, second stranger"])
+    finally:
+        own.close()
+
+
+def ban_text(until: float, zone: timezone) -> str:
+    """What the page says about a ban, in the tab's time zone."""
+    end = datetime.fromtimestamp(math.ceil(until / 60) * 60, zone)
+    shown = end.strftime("%H:%M")
+    if end.date() != datetime.now(zone).date():
+        shown = end.strftime("%Y-%m-%d ") + shown
+    return f"You have been banned until {shown}."
+
+
+def test_a_ban_is_shown_and_waited_out(open_chat: OpenChat) -> None:
+    # India has no daylight saving time, and the offset is not whole hours.
+    zone = timezone(timedelta(hours=5, minutes=30))
+    alice = open_chat(timezone_id="Asia/Kolkata")
+    relay = Relay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    alice.page.evaluate(
+        """() => {
+            window.statuses = [];
+            const status = document.getElementById("status");
+            new MutationObserver(() => window.statuses.push(status.textContent))
+                .observe(status, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+
+    def statuses() -> list[str]:
+        """The status lines shown since the last call."""
+        return alice.page.evaluate("window.statuses.splice(0)")
+
+    def banned(seconds: int) -> str:
+        statuses()
+        until = math.ceil(time.time()) + seconds
+        relay.inject({"type": "banned", "until": until})
+        relay.close(1008, "banned")
+        text = ban_text(until, zone)
+        expect(alice.status).to_have_text(text)
+        for name in ("Next", "Send", "Stop"):
+            expect(alice.button(name)).to_be_disabled()
+        expect(alice.page.locator("#report")).to_be_hidden()
+        expect(alice.box).to_be_visible()
+        return text
+
+    # A short ban: no reconnect while it lasts, then the page comes back.
+    banned(3)
+    expect(bob.status).to_have_text(PARTNER_LEFT)
+    alice.page.wait_for_timeout(1_500)
+    assert relay.connections == 1
+    assert LOST not in statuses()
+    relay.wait_for(lambda: relay.connections == 2)
+    expect(alice.status).to_have_text(LOOKING)
+    expect(alice.button("Next")).to_be_enabled()
+    expect(alice.button("Send")).to_be_enabled()
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+
+    # A long one: nothing for seconds, a reload included.
+    text = banned(120)
+    alice.page.wait_for_timeout(3_000)
+    assert relay.connections == 2
+    expect(alice.status).to_have_text(text)
+    assert LOST not in statuses()
+    alice.say("can anyone hear me?")
+    expect(alice.notice).to_have_text(text)
+    alice.page.reload()
+    expect(alice.status).to_have_text(text)
+    alice.page.wait_for_timeout(1_000)
+    assert relay.connections == 2
+    expect(alice.button("Next")).to_be_disabled()
 
 
 def test_markup_in_a_message_is_shown_as_text(open_chat: OpenChat) -> None:
@@ -704,6 +849,9 @@ def test_no_serious_accessibility_violations(open_chat: OpenChat, scheme: str) -
     alice.say(" ")
     expect(alice.notice).not_to_be_empty()
     check(alice, "chatting")
+    alice.button("Report").click()
+    expect(alice.button("Really report?")).to_be_visible()
+    check(alice, "asked to confirm a report")
 
     alice.button("Stop").click()
     expect(alice.status).to_have_text(YOU_LEFT)

@@ -8,6 +8,10 @@
 // server sends nothing about chats until the next "next", so everything
 // arriving in between is stale too.  That keeps what the page shows equal to
 // what the server believes, however fast buttons are pressed.
+//
+// "report" ends the chat like "next" and is owed one "waiting" too, unless
+// the partner had already left: then the server refuses it (not_paired), owes
+// nothing, and the page sends the "next" the person meant.
 "use strict";
 
 (function () {
@@ -17,21 +21,29 @@
     partnerLeft: "Stranger has disconnected.",
     youLeft: "You have disconnected.",
     lost: "Connection lost. Reconnecting…",
+    reported: "You reported the stranger. Looking for a stranger…",
   };
+  var REPORT_REASON = "reported from the page";
   var TYPING_REPEAT_MS = 2000; // send typing:true at most this often
   var TYPING_PAUSE_MS = 3000; // a pause this long sends typing:false
   var TYPING_EXPIRE_MS = 5000; // the partner's indicator clears itself after this
   var ESC_WINDOW_MS = 1000; // two Esc presses within this do what Next does
+  var REPORT_WINDOW_MS = 3000; // a second press of Report within this sends it
   var RETRY_BASE_S = 1;
   var RETRY_CAP_S = 30;
   var RETRY_FLOOR_S = 0.25;
   // The server refuses commands sent too fast (by default: messages 5 a
-  // second, 10 at once; next and stop 1 a second, 5 at once).  The page keeps
-  // a little under those budgets, so what it shows was not refused.
+  // second, 10 at once; next, stop and report together 1 a second, 5 at
+  // once).  The page keeps a little under those budgets, so what it shows was
+  // not refused.
   var messageBudget = bucket(4, 8);
   var queueBudget = bucket(0.8, 4);
   // A refused next or stop would leave the page unsure of its state.
   var RESYNC_WINDOW_MS = 3000;
+  // After a ban the page waits until it ends, then up to this much more.
+  var BAN_SLACK_MS = 2000;
+  var BAN_DEFAULT_MS = 10 * 60 * 1000; // when the server names no end
+  var BAN_KEY = "roulette.bannedUntil";
 
   var statusEl = document.getElementById("status");
   var logEl = document.getElementById("log");
@@ -44,6 +56,8 @@
   var nextBtn = document.getElementById("next");
   var stopBtn = document.getElementById("stop");
   var saveBtn = document.getElementById("save");
+  var reportBtn = document.getElementById("report");
+  var sendBtn = document.getElementById("send");
 
   var maxLength = parseInt(box.getAttribute("data-max-length"), 10) || 2000;
   var baseTitle = document.title;
@@ -56,6 +70,10 @@
   var lost = false; // a connection was lost, or the first one failed
   var pendingWaits = 0; // "waiting" events the server still owes this page
   var stopped = false; // "stop" was sent after the last "next"
+  var reported = false; // looking again because the person reported a stranger
+  // A "report" was sent and neither its "waiting" nor its refusal has come.
+  var reportUnanswered = false;
+  var bannedUntil = loadBan(); // ms since the epoch; 0 when not banned
   var attempt = 0;
   var retryTimer = 0;
 
@@ -64,6 +82,7 @@
   var typingPauseTimer = 0;
   var typingExpireTimer = 0;
   var escTimer = 0;
+  var reportTimer = 0;
   var unread = 0;
   var lastQueueCommandAt = -Infinity;
 
@@ -79,6 +98,10 @@
 
   function connect() {
     retryTimer = 0;
+    if (isBanned()) {
+      waitOutBan();
+      return;
+    }
     var sock;
     try {
       sock = new WebSocket(socketUrl());
@@ -93,6 +116,8 @@
       connected = true;
       lost = false;
       pendingWaits = 1; // the server queues every new connection
+      reportUnanswered = false;
+      reported = false;
       resetTypingSignal();
       hideTyping();
       if (isIdle()) {
@@ -126,12 +151,15 @@
       ws = null;
       connected = false;
       lost = true;
+      reportUnanswered = false;
       onlineEl.textContent = "";
       disarmEsc();
+      disarmReport();
       resetTypingSignal();
       hideTyping();
       render();
-      scheduleReconnect();
+      if (isBanned()) waitOutBan();
+      else scheduleReconnect();
     });
   }
 
@@ -142,6 +170,51 @@
     attempt += 1;
     var delay = Math.max(RETRY_FLOOR_S, Math.random() * cap);
     retryTimer = setTimeout(connect, delay * 1000);
+  }
+
+  function waitOutBan() {
+    clearTimeout(retryTimer);
+    var left = bannedUntil - Date.now();
+    if (left <= 0) {
+      // The ban is over: connect as after any other drop, a little later
+      // each (so that clocks that disagree by a second do not matter).
+      setBan(0);
+      attempt = 0;
+      retryTimer = setTimeout(connect, 500 + Math.random() * BAN_SLACK_MS);
+      render();
+      return;
+    }
+    // Long timeouts overflow; check again at least once a day.
+    retryTimer = setTimeout(waitOutBan, Math.min(left, 86400000));
+  }
+
+  function isBanned() {
+    return bannedUntil > 0;
+  }
+
+  function banStatus() {
+    return "You have been banned until " + clockTime(bannedUntil) + ".";
+  }
+
+  function setBan(until) {
+    bannedUntil = until;
+    try {
+      if (until) localStorage.setItem(BAN_KEY, String(until));
+      else localStorage.removeItem(BAN_KEY);
+    } catch (err) {
+      // Storage may be unavailable; the ban still holds for this page.
+    }
+  }
+
+  function loadBan() {
+    // A reload during a ban would only be refused (HTTP 403): remember it.
+    var until = 0;
+    try {
+      until = parseInt(localStorage.getItem(BAN_KEY), 10) || 0;
+    } catch (err) {
+      until = 0;
+    }
+    return until > Date.now() ? until : 0;
   }
 
   function resync() {
@@ -175,19 +248,29 @@
         }
         return;
       case "error":
+        if (event.code === "not_paired" && reportUnanswered) {
+          // Nothing to tell: the person is looking again either way.
+          reportRefused();
+          return;
+        }
         showNotice(
           typeof event.message === "string" && event.message
             ? event.message
             : "The server refused that."
         );
         if (event.code === "rate_limited" && Date.now() - lastQueueCommandAt < RESYNC_WINDOW_MS) {
-          // Perhaps the last next or stop was refused: the server's idea of
+          // Perhaps the last next, stop or report was refused: the server's idea of
           // the chat may differ from the page's.  A fresh connection puts
           // both back in step (looking, or idle as the person chose).
           resync();
         }
         return;
+      case "banned":
+        onBanned(event.until);
+        return;
       case "waiting":
+        // The first "waiting" after a report is the report's own.
+        reportUnanswered = false;
         if (pendingWaits > 0) pendingWaits -= 1;
         if (pendingWaits === 0 && !stopped) {
           setPhase("looking");
@@ -199,6 +282,7 @@
     if (pendingWaits > 0 || stopped) return; // about a chat already left
     switch (event.type) {
       case "paired":
+        reported = false;
         clearLog();
         clearNotice();
         setPhase("chatting");
@@ -224,11 +308,45 @@
     }
   }
 
+  function onBanned(until) {
+    var ms =
+      typeof until === "number" && isFinite(until) && until > 0
+        ? until * 1000
+        : Date.now() + BAN_DEFAULT_MS;
+    setBan(ms);
+    disarmEsc();
+    disarmReport();
+    resetTypingSignal();
+    hideTyping();
+    clearNotice();
+    // The server closes the connection next; close it here as well, so that
+    // nothing more is sent or shown.
+    var sock = ws;
+    if (sock) sock.close(1000, "banned");
+    render();
+  }
+
+  function reportRefused() {
+    // The chat had already ended when the report arrived (the partner left
+    // first): the server has this person idle and owes no "waiting" for it.
+    reportUnanswered = false;
+    if (pendingWaits > 0) pendingWaits -= 1;
+    if (pendingWaits > 0 || stopped) return; // a later next or stop decides
+    // The person asked to look again: do that now.
+    if (queueBudget() && transmit({ type: "next" })) {
+      lastQueueCommandAt = Date.now();
+      pendingWaits += 1;
+    } else {
+      resync();
+    }
+  }
+
   // -- what the person does ------------------------------------------------
 
   function next() {
     if (!connected) return;
     disarmEsc();
+    disarmReport();
     if (!queueBudget()) {
       showNotice("Slow down a little, then try again.");
       return;
@@ -238,12 +356,47 @@
     lastQueueCommandAt = Date.now();
     pendingWaits += 1;
     stopped = false;
+    reported = false;
     setPhase("looking");
+  }
+
+  function report() {
+    if (!connected || phase !== "chatting") return;
+    disarmEsc();
+    if (!reportTimer) {
+      // The first press only asks.
+      reportTimer = setTimeout(disarmReport, REPORT_WINDOW_MS);
+      render();
+      return;
+    }
+    disarmReport();
+    if (!queueBudget()) {
+      showNotice("Slow down a little, then try again.");
+      return;
+    }
+    stopTypingSignal();
+    if (!transmit({ type: "report", reason: REPORT_REASON })) return;
+    lastQueueCommandAt = Date.now();
+    pendingWaits += 1;
+    reportUnanswered = true;
+    stopped = false;
+    reported = true;
+    clearLog();
+    clearNotice();
+    setPhase("looking");
+  }
+
+  function disarmReport() {
+    if (!reportTimer) return;
+    clearTimeout(reportTimer);
+    reportTimer = 0;
+    render();
   }
 
   function stop() {
     if (!connected || isIdle()) return;
     disarmEsc();
+    disarmReport();
     if (!queueBudget()) {
       showNotice("Slow down a little, then try again.");
       return;
@@ -252,6 +405,7 @@
     if (!transmit({ type: "stop" })) return;
     lastQueueCommandAt = Date.now();
     stopped = true;
+    reported = false;
     setPhase("youLeft");
   }
 
@@ -271,6 +425,10 @@
     }
     if (typeof text.isWellFormed === "function" && !text.isWellFormed()) {
       showNotice("Your message contains characters that cannot be sent.");
+      return;
+    }
+    if (isBanned()) {
+      showNotice(banStatus());
       return;
     }
     if (!connected) {
@@ -383,19 +541,44 @@
     if (value !== "chatting") {
       hideTyping();
       resetTypingSignal();
+      disarmReport();
     }
+    if (value !== "looking") reported = false;
     phase = value;
     render();
   }
 
   function render() {
-    statusEl.textContent = connected || !lost ? STATUS[phase] : STATUS.lost;
+    var banned = isBanned();
+    var status;
+    if (banned) status = banStatus();
+    else if (!connected && lost) status = STATUS.lost;
+    else if (phase === "looking" && reported) status = STATUS.reported;
+    else status = STATUS[phase];
+    if (statusEl.textContent !== status) statusEl.textContent = status;
+
     var label = escTimer ? "Really?" : isIdle() ? "Start" : "Next";
     if (nextBtn.textContent !== label) nextBtn.textContent = label;
     nextBtn.classList.toggle("really", Boolean(escTimer));
-    nextBtn.disabled = !connected;
-    stopBtn.disabled = !connected || isIdle();
-    document.body.setAttribute("data-state", connected ? phase : "offline");
+    nextBtn.disabled = !connected || banned;
+    stopBtn.disabled = !connected || banned || isIdle();
+    sendBtn.disabled = banned;
+
+    var canReport = connected && !banned && phase === "chatting";
+    var reportLabel = reportTimer ? "Really report?" : "Report";
+    if (reportBtn.textContent !== reportLabel) reportBtn.textContent = reportLabel;
+    reportBtn.classList.toggle("really", Boolean(reportTimer));
+    reportBtn.disabled = !canReport;
+    if (reportBtn.hidden !== !canReport) {
+      var hadFocus = document.activeElement === reportBtn;
+      reportBtn.hidden = !canReport;
+      // Keep the keyboard where it was: on the row of chat controls.
+      if (hadFocus) (nextBtn.disabled ? logEl : nextBtn).focus();
+    }
+    document.body.setAttribute(
+      "data-state",
+      banned ? "banned" : connected ? phase : "offline"
+    );
   }
 
   function addLine(who, text) {
@@ -497,10 +680,21 @@
     return n;
   }
 
+  function two(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  function clockTime(ms) {
+    // Local time, rounded up to the minute; the date too if not today.
+    var date = new Date(Math.ceil(ms / 60000) * 60000);
+    var time = two(date.getHours()) + ":" + two(date.getMinutes());
+    var today = new Date();
+    if (date.toDateString() === today.toDateString()) return time;
+    return date.getFullYear() + "-" + two(date.getMonth() + 1) + "-" + two(date.getDate()) +
+      " " + time;
+  }
+
   function fileStamp(date) {
-    function two(n) {
-      return (n < 10 ? "0" : "") + n;
-    }
     return (
       date.getFullYear() + "-" + two(date.getMonth() + 1) + "-" + two(date.getDate()) + "-" +
       two(date.getHours()) + two(date.getMinutes()) + two(date.getSeconds())
@@ -523,11 +717,12 @@
   nextBtn.addEventListener("click", next);
   stopBtn.addEventListener("click", stop);
   saveBtn.addEventListener("click", saveLog);
+  reportBtn.addEventListener("click", report);
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("visibilitychange", onVisibilityChange);
   window.addEventListener("online", function () {
-    // The network is back: do not wait out the backoff.
-    if (retryTimer) {
+    // The network is back: do not wait out the backoff (but a ban, yes).
+    if (retryTimer && !isBanned()) {
       clearTimeout(retryTimer);
       connect();
     }
