@@ -189,6 +189,18 @@ def close_all(clients: list[Client]) -> None:
             client.transport.abort()
 
 
+async def measuring_window(
+    totals: Totals, warmup: float, window: float, on_window: Callable[[bool], None]
+) -> None:
+    """Let the load settle, then record what arrives for ``window`` seconds."""
+    await asyncio.sleep(warmup)
+    totals.record = True
+    on_window(True)
+    await asyncio.sleep(window)
+    totals.record = False
+    on_window(False)
+
+
 async def saturated(
     host: str,
     port: int,
@@ -207,12 +219,7 @@ async def saturated(
     for client in clients:
         for _ in range(inflight):
             client.send_chat()
-    await asyncio.sleep(warmup)
-    totals.record = True
-    on_window(True)
-    await asyncio.sleep(window)
-    totals.record = False
-    on_window(False)
+    await measuring_window(totals, warmup, window, on_window)
     close_all(clients)
     return totals
 
@@ -244,12 +251,7 @@ async def paced(
 
     for i, client in enumerate(clients):
         loop.call_later(interval * i / len(clients), tick, client)
-    await asyncio.sleep(warmup)
-    totals.record = True
-    on_window(True)
-    await asyncio.sleep(window)
-    totals.record = False
-    on_window(False)
+    await measuring_window(totals, warmup, window, on_window)
     stop = True
     close_all(clients)
     return totals

@@ -481,7 +481,10 @@ async def test_next_storm_is_rate_limited_and_typing_flood_dropped() -> None:
 @pytest_twisted.ensureDeferred
 async def test_report_ends_the_chat_and_the_two_never_meet_again(harness: Harness) -> None:
     h = harness
-    a, b = await h.pair()
+    h.lobby.gate.trust_proxy = 1  # two addresses, through one trusted proxy
+    a = await h.connect({"X-Forwarded-For": "203.0.113.1"})
+    b = await h.connect({"X-Forwarded-For": "203.0.113.2"})
+    assert {"type": "paired"} in a.take() and {"type": "paired"} in b.take()
     a.send({"type": "report", "reason": "rude"})
     h.pump()
     assert b.take() == [{"type": "partner_left"}]

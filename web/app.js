@@ -347,10 +347,7 @@
     if (!connected) return;
     disarmEsc();
     disarmReport();
-    if (!queueBudget()) {
-      showNotice("Slow down a little, then try again.");
-      return;
-    }
+    if (!spendQueueBudget()) return;
     if (phase === "chatting") stopTypingSignal();
     if (!transmit({ type: "next" })) return;
     lastQueueCommandAt = Date.now();
@@ -370,10 +367,7 @@
       return;
     }
     disarmReport();
-    if (!queueBudget()) {
-      showNotice("Slow down a little, then try again.");
-      return;
-    }
+    if (!spendQueueBudget()) return;
     stopTypingSignal();
     if (!transmit({ type: "report", reason: REPORT_REASON })) return;
     lastQueueCommandAt = Date.now();
@@ -384,6 +378,13 @@
     clearLog();
     clearNotice();
     setPhase("looking");
+  }
+
+  // Next, Stop and Report share one budget, as on the server.
+  function spendQueueBudget() {
+    if (queueBudget()) return true;
+    showNotice("Slow down a little, then try again.");
+    return false;
   }
 
   function disarmReport() {
@@ -397,10 +398,7 @@
     if (!connected || isIdle()) return;
     disarmEsc();
     disarmReport();
-    if (!queueBudget()) {
-      showNotice("Slow down a little, then try again.");
-      return;
-    }
+    if (!spendQueueBudget()) return;
     if (phase === "chatting") stopTypingSignal();
     if (!transmit({ type: "stop" })) return;
     lastQueueCommandAt = Date.now();
