@@ -168,17 +168,16 @@ def measure(server: Server, scenario: Scenario, rnd: int, warmup: float, window:
         marks[opening] = (cpu_seconds(server.process.pid), time.process_time(), time.perf_counter())
 
     result = Result(server.name, scenario.name, rnd)
-    if scenario.kind == "saturated":
+    if scenario.kind in ("saturated", "paced"):
+        # Messages in flight per connection, or messages a second per connection.
+        load, per_connection = (
+            (loadgen.saturated, scenario.inflight)
+            if scenario.kind == "saturated"
+            else (loadgen.paced, scenario.rate)
+        )
         totals = uvloop.run(
-            loadgen.saturated(
-                "127.0.0.1", server.port, scenario.connections, scenario.inflight,
-                warmup, window, echo, on_window,
-            )
-        )  # fmt: skip
-    elif scenario.kind == "paced":
-        totals = uvloop.run(
-            loadgen.paced(
-                "127.0.0.1", server.port, scenario.connections, scenario.rate,
+            load(
+                "127.0.0.1", server.port, scenario.connections, per_connection,
                 warmup, window, echo, on_window,
             )
         )  # fmt: skip
