@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from roulette import wire
+from roulette import framing, wire
 from roulette.abuse import (
     AddressHasher,
     AddressLimits,
@@ -369,10 +369,52 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     # -- frames --------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own builds a debug log line's arguments for every read.
+        self._dataReceived(data)
+
+    def _dataReceived(self, data: bytes) -> None:
+        # Whole, small, masked text frames, nearly all a chat ever sees, are
+        # read here; whatever else comes (control frames, fragments, a frame
+        # split across reads, anything malformed) goes to Autobahn from the
+        # first frame not read here on, with its buffer and state untouched.
+        if (
+            self.state != WebSocketProtocol.STATE_OPEN
+            or self.data
+            or self.current_frame is not None
+            or self.inside_message
+            or self.logOctets
+        ):
+            super()._dataReceived(data)
+            return
+        pos = 0
+        limit = self.maxMessagePayloadSize
+        while True:
+            frame = framing.next_text_frame(data, pos, limit)
+            if frame is None:
+                break
+            payload, end = frame
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break  # Autobahn closes with 1007
+            pos = end
+            # As Autobahn does for every data frame: traffic answers a ping.
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self._command(text)
+            if self.state != WebSocketProtocol.STATE_OPEN:
+                break
+        if pos < len(data):
+            super()._dataReceived(data[pos:] if pos else data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
             return
+        self._command(payload)
+
+    def _command(self, payload: bytes | str) -> None:
         lobby = self.factory.lobby
         now = self.factory.reactor.seconds()
         try:
@@ -428,7 +470,9 @@ class RouletteProtocol(WebSocketServerProtocol):
             if buffer.estimate() > self.factory.limits.send_buffer_limit:
                 self._drop_slow_consumer()
                 return
-        self.sendMessage(frame)
+        # What sendMessage() would write for an uncompressed, unfragmented
+        # text message, without its per-call checks and bookkeeping.
+        self.transport.write(framing.text_frame(frame))
 
     def _drop_slow_consumer(self) -> None:
         log.warn("dropping {address}: it does not read what it is sent", address=self.address)

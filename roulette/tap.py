@@ -23,6 +23,7 @@ from roulette.server import (
     Lobby,
     RouletteFactory,
 )
+from roulette.transport import direct_tcp
 from roulette.website import HANDSHAKE_TIMEOUT, default_web_root, make_site
 
 
@@ -208,7 +209,9 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         reactor=reactor,
     )
     site = make_site(lobby, config["web-root"], factory, config["handshake-timeout"])
-    endpoint = endpoints.serverFromString(reactor, config["port"])
+    # TCP connections that send at once when nothing is buffered: one
+    # syscall per relayed message instead of a loop turn and three.
+    endpoint = endpoints.serverFromString(direct_tcp(reactor), config["port"])
     listener = StreamServerEndpointService(endpoint, site)
     # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
     listener._raiseSynchronously = True

@@ -1,0 +1,74 @@
+"""TCP connections that send at once when nothing is waiting to be sent.
+
+Twisted's TCP transport buffers every write, asks the reactor to watch the
+socket for writability, sends on the next turn of the loop and stops
+watching: two ``epoll_ctl`` calls, one more wake-up and a loop turn for each
+relayed chat message.  :class:`DirectServer` tries ``send`` straight away
+when its buffer is empty and buffers only what the kernel did not take, so
+the order of bytes, the buffer limits and producers behave as before.
+
+:class:`DirectTCPReactor` hands the endpoint parser a reactor whose
+``listenTCP`` makes ports of such connections, so ``tcp:`` (and
+``haproxy:tcp:``) endpoint strings get them; every other endpoint type is
+the reactor's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.posixbase import PosixReactorBase
+
+
+class DirectServer(tcp.Server):
+    """A server-side TCP connection whose writes go straight to the socket
+    while nothing is buffered."""
+
+    def write(self, data: bytes) -> None:
+        if (
+            data
+            and not self._tempDataLen
+            and self.offset == len(self.dataBuffer)
+            and self.connected
+            and not self._writeDisconnected
+            and isinstance(data, bytes)
+        ):
+            sent = self.writeSomeData(data)
+            if sent == len(data):
+                return
+            if isinstance(sent, int) and sent > 0:
+                data = data[sent:]
+            # Otherwise the socket is full or the connection is lost; the
+            # buffered write below finds out on the next turn, as usual.
+        super().write(data)
+
+
+class DirectPort(tcp.Port):
+    transport = DirectServer
+
+
+class DirectTCPReactor:
+    """A reactor that listens on TCP with :class:`DirectPort` and is the
+    wrapped reactor in every other respect."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> DirectPort:
+        listening = DirectPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+
+def direct_tcp(reactor: Any) -> Any:
+    """``reactor`` wrapped in a :class:`DirectTCPReactor` when its TCP ports
+    are Twisted's own (any reactor built on file descriptors); otherwise, as
+    for a test's memory reactor, ``reactor`` itself."""
+    return DirectTCPReactor(reactor) if isinstance(reactor, PosixReactorBase) else reactor
