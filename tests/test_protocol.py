@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.testing import create_memory_agent, create_pumper
 from autobahn.twisted.websocket import WebSocketClientProtocol
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.testing import MemoryReactorClock
 
 from roulette.abuse import Reports
@@ -106,13 +106,6 @@ class Harness:
         self.pump()
         self.lobby.stopService()
         await self.pumper.stop()
-
-
-@pytest.fixture
-def harness():
-    h = Harness()
-    yield h
-    pytest_twisted.blockon(defer.ensureDeferred(h.close()))
 
 
 def error(code: str) -> dict[str, Any]:
