@@ -148,6 +148,39 @@ def test_origin_check(server: RunningServer) -> None:
     assert status_of(port, {"Origin": "null"}) == 403
 
 
+# -- how a connection's first request is routed ---------------------------------------
+
+
+def test_upgrade_after_a_keep_alive_request_on_one_connection(server: RunningServer) -> None:
+    page = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+    sock, status, head = raw_upgrade(server.port, prefix=page)
+    try:
+        assert status == 200 and b"application/json" in head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        while b"HTTP/1.1 101" not in rest or b"\r\n\r\n" not in rest.split(b"HTTP/1.1 101")[1]:
+            rest += sock.recv(4096)
+        assert b"Upgrade: WebSocket" in rest or b"upgrade: websocket" in rest.lower()
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "status"),
+    [
+        (b"GET /nowhere HTTP/1.1\r\n", 404),
+        (b"GET /ws/ HTTP/1.1\r\n", 426),  # the site's /ws, but no upgrade headers
+        (b"GET /ws HTTP/1.0\r\n", 426),  # Autobahn wants HTTP/1.1, via the site
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n", 404),  # a long line, past the look
+    ],
+)
+def test_other_first_lines_are_answered_by_the_site(
+    server: RunningServer, first: bytes, status: int
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(first + b"Host: 127.0.0.1\r\n\r\n")
+        assert sock.recv(4096).split(b" ", 2)[1] == str(status).encode()
+
+
 # -- handshake deadline ---------------------------------------------------------------
 
 
