@@ -49,9 +49,10 @@ class Totals:
 
     received: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    opened: int = 0
     paired: int = 0
     record: bool = False
-    errors: int = 0
+    errors: int = 0  # connections refused, dropped or never upgraded
 
 
 class Client(asyncio.Protocol):
@@ -64,8 +65,9 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.upgraded = False
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.is_paired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Each resolves True when it happens, False when the connection is lost first.
+        self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.is_paired: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,7 +85,7 @@ class Client(asyncio.Protocol):
         self.closed = True
         for future in (self.opened, self.is_paired):
             if not future.done():
-                future.cancel()
+                future.set_result(False)
 
     def send_chat(self) -> None:
         text = f"{time.perf_counter_ns()} {PAD}"
@@ -105,7 +107,7 @@ class Client(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self.upgraded = True
-            self.opened.set_result(None)
+            self.opened.set_result(True)
         pos = 0
         size = len(buf)
         while size - pos >= 2:
@@ -149,38 +151,47 @@ class Client(asyncio.Protocol):
         event = json.loads(payload)
         if event["type"] == "paired" and not self.is_paired.done():
             self.totals.paired += 1
-            self.is_paired.set_result(None)
+            self.is_paired.set_result(True)
 
 
-async def open_clients(
+async def connect(
     host: str,
     port: int,
     count: int,
     totals: Totals,
     on_message: Callable[[Client], None],
+    echo: bool,
     concurrency: int = 200,
+    timeout: float = 60,
 ) -> list[Client]:
-    """Open ``count`` connections, ``concurrency`` handshakes at a time."""
+    """Open ``count`` connections, ``concurrency`` handshakes at a time, and
+    wait until they are paired (against an echo each is its own partner).
+    A connection that fails is counted in ``totals.errors``, not raised."""
     loop = asyncio.get_running_loop()
     clients: list[Client] = []
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
         async with gate:
-            _, client = await loop.create_connection(
-                lambda: Client(f"{host}:{port}", totals, on_message), host, port
-            )
-            await client.opened
-            clients.append(client)
+            try:
+                _, client = await loop.create_connection(
+                    lambda: Client(f"{host}:{port}", totals, on_message), host, port
+                )
+                opened = await asyncio.wait_for(client.opened, timeout)
+            except OSError:  # TimeoutError included
+                opened = False
+            if opened:
+                clients.append(client)
+            else:
+                totals.errors += 1
 
     await asyncio.gather(*(one() for _ in range(count)))
-    return clients
-
-
-async def wait_paired(clients: list[Client], echo: bool, timeout: float = 60) -> None:
+    totals.opened = len(clients)
     if echo:
-        return
-    await asyncio.wait_for(asyncio.gather(*(c.is_paired for c in clients)), timeout)
+        totals.paired = len(clients)
+    elif clients:
+        await asyncio.wait([c.is_paired for c in clients], timeout=timeout)
+    return clients
 
 
 def close_all(clients: list[Client]) -> None:
@@ -214,8 +225,7 @@ async def saturated(
     """Each connection keeps ``inflight`` messages in flight: every message
     received makes its receiver send one more."""
     totals = Totals()
-    clients = await open_clients(host, port, connections, totals, lambda c: c.send_chat())
-    await wait_paired(clients, echo)
+    clients = await connect(host, port, connections, totals, lambda c: c.send_chat(), echo)
     for client in clients:
         for _ in range(inflight):
             client.send_chat()
@@ -237,8 +247,7 @@ async def paced(
     """Each connection sends ``rate`` messages a second, spread out in time,
     as people chatting do."""
     totals = Totals()
-    clients = await open_clients(host, port, connections, totals, lambda c: None)
-    await wait_paired(clients, echo)
+    clients = await connect(host, port, connections, totals, lambda c: None, echo)
     loop = asyncio.get_running_loop()
     interval = 1.0 / rate
     stop = False
@@ -259,14 +268,28 @@ async def paced(
 
 async def storm(
     host: str, port: int, connections: int, echo: bool, on_window: Callable[[bool], None]
-) -> tuple[float, Totals]:
-    """Open ``connections`` at once; seconds until every one is paired."""
+) -> Totals:
+    """Open ``connections`` at once; the window closes when every one is paired."""
     totals = Totals()
     on_window(True)
-    started = time.perf_counter()
-    clients = await open_clients(host, port, connections, totals, lambda c: None, 1000)
-    await wait_paired(clients, echo)
-    elapsed = time.perf_counter() - started
+    clients = await connect(host, port, connections, totals, lambda c: None, echo, 1000)
     on_window(False)
     close_all(clients)
-    return elapsed, totals
+    return totals
+
+
+async def idle(
+    host: str,
+    port: int,
+    connections: int,
+    settle: float,
+    echo: bool,
+    on_window: Callable[[bool], None],
+) -> Totals:
+    """Open ``connections`` and leave them paired and silent; the window is
+    the ``settle`` seconds after the last one was paired."""
+    totals = Totals()
+    clients = await connect(host, port, connections, totals, lambda c: None, echo)
+    await measuring_window(totals, 0, settle, on_window)
+    close_all(clients)
+    return totals

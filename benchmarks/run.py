@@ -1,4 +1,4 @@
-"""Run roulette and its peers side by side and write docs/performance.md.
+"""Run roulette and its peers side by side; write the table, records and plot to docs/.
 
     python benchmarks/run.py                 # the full suite, 3 rounds
     python benchmarks/run.py --quick --out /tmp/bench   # a smoke run
@@ -7,7 +7,8 @@ Each server starts fresh for each scenario, pinned to CPU 0; the load
 generator runs in this process, pinned to CPU 1.  The order of the servers
 rotates every round.  Server CPU is read from /proc/PID/stat over the
 measuring window, so figures are CPU-normalised: microseconds of server CPU
-per message.
+per message.  Server memory is VmRSS from /proc/PID/status, read when the
+server is ready and at the end of the window.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -35,6 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
+import plot  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PYTHON = sys.executable
@@ -66,25 +69,45 @@ BASELINE = "autobahn-echo"
 
 @dataclass(frozen=True)
 class Scenario:
+    """``kind`` is saturated, paced (the latency sweep), storm, idle or hold
+    (paced, for its memory)."""
+
     name: str
-    kind: str  # saturated, paced or storm
+    kind: str
     connections: int
     inflight: int = 0
     rate: float = 0.0
+
+    @property
+    def offered(self) -> float:
+        """Messages a second offered by a paced load."""
+        return self.connections * self.rate
+
+    @property
+    def memory(self) -> bool:
+        """Whether the scenario is there for the memory each connection takes."""
+        return self.kind in ("idle", "hold")
+
+
+def sweep(connections: int, rates: tuple[float, ...]) -> list[Scenario]:
+    return [Scenario(f"chat-{connections}x{r:g}", "paced", connections, rate=r) for r in rates]
 
 
 FULL = [
     Scenario("saturated-50", "saturated", 50, inflight=4),
     Scenario("saturated-500", "saturated", 500, inflight=4),
     Scenario("saturated-2000", "saturated", 2000, inflight=4),
-    Scenario("chat-2000x2", "paced", 2000, rate=2),
-    Scenario("chat-2000x5", "paced", 2000, rate=5),
+    *sweep(2000, (1, 2, 5, 10, 20)),
     Scenario("storm-2000", "storm", 2000),
+    Scenario("idle-10000", "idle", 10000),
+    Scenario("hold-15000", "hold", 15000, rate=0.2),
 ]
 QUICK = [
     Scenario("saturated-20", "saturated", 20, inflight=2),
-    Scenario("chat-40x5", "paced", 40, rate=5),
+    *sweep(40, (5, 20)),
     Scenario("storm-100", "storm", 100),
+    Scenario("idle-200", "idle", 200),
+    Scenario("hold-300", "hold", 300, rate=0.2),
 ]
 
 
@@ -128,7 +151,7 @@ class Server:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.02)
         raise RuntimeError(f"{name} did not start")
 
     def stop(self) -> None:
@@ -149,6 +172,12 @@ class Result:
     p99_ms: float = 0.0
     connections_per_s: float = 0.0
     server_cpu_s: float = 0.0
+    opened: int = 0
+    paired: int = 0
+    errors: int = 0
+    rss_empty_kib: int = 0
+    rss_loaded_kib: int = 0
+    kb_per_connection: float = 0.0
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -159,36 +188,40 @@ def percentile(values: list[int], q: float) -> float:
 
 
 def measure(server: Server, scenario: Scenario, rnd: int, warmup: float, window: float) -> Result:
+    """Run one scenario against a freshly started server.  The window opens
+    and closes on the load generator's signal; server CPU and RSS are read
+    at both ends."""
     import uvloop
 
-    echo = server.name == BASELINE
+    pid = server.process.pid
+    result = Result(server.name, scenario.name, rnd, rss_empty_kib=rss_kib(pid))
     marks: dict[bool, tuple[float, float, float]] = {}
 
     def on_window(opening: bool) -> None:
-        marks[opening] = (cpu_seconds(server.process.pid), time.process_time(), time.perf_counter())
+        marks[opening] = (cpu_seconds(pid), time.process_time(), time.perf_counter())
+        if not opening:
+            result.rss_loaded_kib = rss_kib(pid)
 
-    result = Result(server.name, scenario.name, rnd)
-    if scenario.kind in ("saturated", "paced"):
-        # Messages in flight per connection, or messages a second per connection.
-        load, per_connection = (
-            (loadgen.saturated, scenario.inflight)
-            if scenario.kind == "saturated"
-            else (loadgen.paced, scenario.rate)
-        )
-        totals = uvloop.run(
-            load(
-                "127.0.0.1", server.port, scenario.connections, per_connection,
-                warmup, window, echo, on_window,
-            )
-        )  # fmt: skip
+    address = ("127.0.0.1", server.port)
+    n, echo = scenario.connections, server.name == BASELINE
+    if scenario.kind == "saturated":
+        load = loadgen.saturated(*address, n, scenario.inflight, warmup, window, echo, on_window)
+    elif scenario.kind in ("paced", "hold"):
+        load = loadgen.paced(*address, n, scenario.rate, warmup, window, echo, on_window)
+    elif scenario.kind == "idle":  # the connections settle for the warm-up time
+        load = loadgen.idle(*address, n, warmup, echo, on_window)
     else:
-        elapsed, totals = uvloop.run(
-            loadgen.storm("127.0.0.1", server.port, scenario.connections, echo, on_window)
-        )
-        result.connections_per_s = scenario.connections / elapsed
+        load = loadgen.storm(*address, n, echo, on_window)
+    totals = uvloop.run(load)
+
     (cpu0, gen0, t0), (cpu1, gen1, t1) = marks[True], marks[False]
     result.server_cpu_s = cpu1 - cpu0
-    if scenario.kind != "storm":
+    result.opened, result.paired, result.errors = totals.opened, totals.paired, totals.errors
+    if scenario.kind == "storm":
+        result.connections_per_s = totals.paired / (t1 - t0)
+    if scenario.memory and totals.opened:
+        result.kb_per_connection = (result.rss_loaded_kib - result.rss_empty_kib) / totals.opened
+    if scenario.kind not in ("storm", "idle"):
         result.messages = totals.received
         result.messages_per_s = totals.received / (t1 - t0)
         if totals.received:
@@ -203,8 +236,12 @@ def run(scenarios: list[Scenario], rounds: int, warmup: float, window: float,
         servers: list[str]) -> list[Result]:  # fmt: skip
     if pinned():
         os.sched_setaffinity(0, {1})
+    # The servers inherit the raised limit: they are started after this.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = max(s.connections for s in scenarios) + 100
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SystemExit(f"RLIMIT_NOFILE is {hard}; these scenarios need {needed} descriptors")
     results = []
     with tempfile.TemporaryDirectory(prefix="roulette-bench-") as tmp:
         for rnd in range(rounds):
@@ -217,12 +254,28 @@ def run(scenarios: list[Scenario], rounds: int, warmup: float, window: float,
                     finally:
                         server.stop()
                     print(json.dumps(asdict(result)), flush=True)
+                    if result.errors or result.paired < result.opened:
+                        print(
+                            f"WARNING: {name} {scenario.name}: {result.paired} of "
+                            f"{scenario.connections} paired, {result.errors} connections failed",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     results.append(result)
     return results
 
 
+def ratio(result: Result, base: Result) -> float | None:
+    """Against the baseline: server CPU per message, else connections a
+    second (storms), else KB per connection (idle)."""
+    for attr in ("server_cpu_us_per_msg", "connections_per_s", "kb_per_connection"):
+        if getattr(base, attr) and getattr(result, attr):
+            return getattr(result, attr) / getattr(base, attr)
+    return None
+
+
 def summarise(results: list[Result], servers: list[str]) -> list[dict[str, Any]]:
-    """Medians over rounds, and the median of per-round CPU ratios to the baseline."""
+    """Medians over rounds, and the median of per-round ratios to the baseline."""
     rows = []
     scenarios = list(dict.fromkeys(r.scenario for r in results))
     for scenario in scenarios:
@@ -237,26 +290,22 @@ def summarise(results: list[Result], servers: list[str]) -> list[dict[str, Any]]
                      and b.round == r.round),
                     None,
                 )  # fmt: skip
-                if base and base.server_cpu_us_per_msg and r.server_cpu_us_per_msg:
-                    ratios.append(r.server_cpu_us_per_msg / base.server_cpu_us_per_msg)
-                elif base and base.connections_per_s and r.connections_per_s:
-                    ratios.append(r.connections_per_s / base.connections_per_s)
-
-            def med(attr: str, rows: list[Result] = mine) -> float:
-                return statistics.median(getattr(r, attr) for r in rows)
-
+                if base and (value := ratio(r, base)) is not None:
+                    ratios.append(value)
+            medians = (
+                "messages_per_s", "server_cpu_us_per_msg", "loadgen_cpu_us_per_msg", "p50_ms",
+                "p99_ms", "connections_per_s", "rss_loaded_kib", "kb_per_connection",
+            )  # fmt: skip
             rows.append(
                 {
                     "scenario": scenario,
                     "server": name,
                     "rounds": len(mine),
-                    "messages_per_s": med("messages_per_s"),
-                    "server_cpu_us_per_msg": med("server_cpu_us_per_msg"),
-                    "loadgen_cpu_us_per_msg": med("loadgen_cpu_us_per_msg"),
-                    "p50_ms": med("p50_ms"),
-                    "p99_ms": med("p99_ms"),
-                    "connections_per_s": med("connections_per_s"),
+                    **{a: statistics.median(getattr(r, a) for r in mine) for a in medians},
                     "ratio_to_baseline": statistics.median(ratios) if ratios else float("nan"),
+                    # The worst round: one short of connections is a failure.
+                    "paired": min(r.paired for r in mine),
+                    "connections": max(r.opened + r.errors for r in mine),
                 }
             )
     return rows
@@ -274,26 +323,72 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cell(value: float, spec: str) -> str:
+    """A figure, or a dash where it does not apply."""
+    return "-" if not value or math.isnan(value) else format(value, spec)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    columns = (
+        ("msg/s", "messages_per_s", ",.0f"),
+        ("server µs/msg", "server_cpu_us_per_msg", ".1f"),
+        ("ratio¹", "ratio_to_baseline", ".2f"),
+        ("p50 ms", "p50_ms", ".1f"),
+        ("p99 ms", "p99_ms", ".1f"),
+        ("conn/s", "connections_per_s", ",.0f"),
+        ("KB/conn²", "kb_per_connection", ".1f"),
+        ("RSS MiB²", "rss_loaded_kib", ",.0f"),
+        ("loadgen µs/msg", "loadgen_cpu_us_per_msg", ".1f"),
+    )
     lines = [
-        "| scenario | server | msg/s | server µs/msg | ratio¹ | p50 ms | p99 ms | conn/s "
-        "| loadgen µs/msg |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+        "| scenario | server | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
     for row in rows:
-        lines.append(
-            "| {scenario} | {server} | {messages_per_s:,.0f} | {server_cpu_us_per_msg:.1f} | "
-            "{ratio_to_baseline:.2f} | {p50_ms:.1f} | {p99_ms:.1f} | {connections_per_s:,.0f} | "
-            "{loadgen_cpu_us_per_msg:.1f} |".format(**row)
-        )
+        server = row["server"]
+        if row["paired"] < row["connections"]:
+            server += f" (**{row['paired']:,} of {row['connections']:,} paired**)"
+        row = {**row, "rss_loaded_kib": row["rss_loaded_kib"] / 1024}
+        figures = " | ".join(cell(row[key], spec) for _, key, spec in columns)
+        lines.append(f"| {row['scenario']} | {server} | {figures} |")
     head = (
-        f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), "
-        f"{meta['rounds']} rounds, {meta['window']} s windows; "
+        f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, Linux "
+        f"{meta['kernel']}), {meta['rounds']} rounds, {meta['window']} s windows; "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + ".\n\n¹ Median of per-round ratios to the bare Autobahn echo: server CPU per "
-        "message (lower is better), or connections per second for storms (higher is better).\n"
+        "message (lower is better), connections per second for storms (higher is better), "
+        "or KB per connection for idle connections (lower is better).\n"
+        "² The server's resident memory (VmRSS) at the end of the window; KB/conn is its "
+        "growth from the moment the server was ready, in KiB, divided by the connections "
+        "held (idle and hold scenarios only).\n"
     )
     return head + "\n" + "\n".join(lines) + "\n"
+
+
+def latency_plot(
+    rows: list[dict[str, Any]], scenarios: list[Scenario], meta: dict[str, Any]
+) -> str:
+    """p99 against offered load over the paced scenarios, one line a server."""
+    sweep = {s.name: s for s in scenarios if s.kind == "paced"}
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row["scenario"] in sweep:
+            point = (sweep[row["scenario"]].offered, row["p99_ms"])
+            series.setdefault(row["server"], []).append(point)
+    connections = sorted({s.connections for s in sweep.values()})
+    subtitle = (
+        f"{' and '.join(f'{n:,}' for n in connections)} connections, each sending at a steady "
+        f"rate; server on one core of {meta['machine']}, {meta['date']}"
+    )
+    return plot.latency_svg(series, "p99 latency against offered load", subtitle)
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -311,13 +406,15 @@ def main() -> None:
         wanted = set(args.scenarios.split(","))
         scenarios = [s for s in scenarios if s.name in wanted]
     if args.quick:
-        args.rounds, args.window, args.warmup = 1, 1.0, 0.5
+        args.rounds, args.window, args.warmup = 1, 0.5, 0.25
     servers = args.servers.split(",")
     results = run(scenarios, args.rounds, args.warmup, args.window, servers)
     rows = summarise(results, servers)
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
+        "arch": platform.machine(),
+        "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
         "window": args.window,
@@ -329,6 +426,7 @@ def main() -> None:
         for r in results:
             f.write(json.dumps({**asdict(r), **meta}) + "\n")
     (args.out / "performance-table.md").write_text(markdown(rows, meta))
+    (args.out / "performance-latency.svg").write_text(latency_plot(rows, scenarios, meta))
     print(markdown(rows, meta))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,15 +23,28 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         json.loads(line) for line in (tmp_path / "performance.jsonl").read_text().splitlines()
     ]
     servers = {"roulette", "autobahn-echo", "websockets-relay"}
-    for scenario in ("saturated-20", "chat-40x5"):
-        measured = {r["server"]: r for r in records if r["scenario"] == scenario}
-        assert set(measured) == servers
-        for record in measured.values():
+
+    def measured(scenario: str) -> list[dict]:
+        found = {r["server"]: r for r in records if r["scenario"] == scenario}
+        assert set(found) == servers
+        return list(found.values())
+
+    for scenario in ("saturated-20", "chat-40x5", "chat-40x20", "hold-300"):
+        for record in measured(scenario):
             assert record["messages"] > 0
             assert record["server_cpu_us_per_msg"] > 0
             assert record["p99_ms"] >= record["p50_ms"] > 0
-    storms = {r["server"]: r for r in records if r["scenario"] == "storm-100"}
-    assert set(storms) == servers
-    assert all(r["connections_per_s"] > 0 for r in storms.values())
+    assert all(r["connections_per_s"] > 0 for r in measured("storm-100"))
+    for scenario in ("idle-200", "hold-300"):
+        for record in measured(scenario):
+            assert record["paired"] == record["opened"] == int(scenario.split("-")[1])
+            assert record["errors"] == 0
+            assert record["kb_per_connection"] > 0
     table = (tmp_path / "performance-table.md").read_text()
     assert "| saturated-20 | roulette |" in table
+    assert "| idle-200 | roulette |" in table
+    plot = ET.parse(tmp_path / "performance-latency.svg").getroot()
+    assert plot.tag == "{http://www.w3.org/2000/svg}svg"
+    # One line a server through the two points of the quick sweep.
+    lines = plot.findall("{http://www.w3.org/2000/svg}polyline")
+    assert [len(line.get("points", "").split()) for line in lines] == [2, 2, 2]
