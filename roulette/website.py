@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -89,14 +91,14 @@ class DeadlineChannel(http.HTTPChannel):
     """
 
     handshake_timeout = HANDSHAKE_TIMEOUT
-    _deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._deadline = Deadline("no complete request")
         self._arm()
 
     def allContentReceived(self) -> None:
-        self._disarm()
+        self._deadline.disarm()
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:
@@ -105,29 +107,48 @@ class DeadlineChannel(http.HTTPChannel):
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._disarm()
+        self._deadline.disarm()
         super().connectionLost(reason)
 
     def _arm(self) -> None:
-        self._disarm()
-        if self.handshake_timeout > 0:
-            self._deadline = self.callLater(self.handshake_timeout, self._expire)
+        self._deadline.arm(self.callLater, self.handshake_timeout, self.transport)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
 
-    def _expire(self) -> None:
-        self._deadline = None
+class Deadline:
+    """A connection's deadline: when it passes, the connection is aborted."""
+
+    __slots__ = ("_call", "_why")
+
+    def __init__(self, why: str) -> None:
+        self._why = why
+        self._call: IDelayedCall | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._call is not None
+
+    def arm(self, call_later: Callable[..., IDelayedCall], timeout: float, transport: Any) -> None:
+        self.disarm()
+        if timeout > 0:
+            self._call = call_later(timeout, self._expire, transport, timeout)
+
+    def disarm(self) -> None:
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _expire(self, transport: Any, timeout: float) -> None:
+        self._call = None
+        if transport is None:
+            return
         log.info(
-            "dropping {peer}: no complete request within {timeout} s",
-            peer=self.transport.getPeer() if self.transport else None,
-            timeout=self.handshake_timeout,
+            "dropping {peer}: {why} within {timeout} s",
+            peer=transport.getPeer(),
+            why=self._why,
+            timeout=timeout,
         )
-        if self.transport is not None:
-            self.transport.abortConnection()
+        transport.abortConnection()
 
 
 class SecureRequest(server.Request):
@@ -195,24 +216,23 @@ class FirstRequest(protocol.Protocol):
     """
 
     _inner: protocol.Protocol | None = None
-    _deadline: IDelayedCall | None = None
 
     def __init__(self, site: RouletteSite, addr: object) -> None:
         self._site = site
         self._addr = addr
         self._buffer = b""
+        self._deadline = Deadline("no WebSocket opened")
 
     def connectionMade(self) -> None:
-        timeout = self._site.handshake_timeout
-        if timeout > 0:
-            self._deadline = self._site.reactor.callLater(timeout, self._expire)
+        site = self._site
+        self._deadline.arm(site.reactor.callLater, site.handshake_timeout, self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         inner = self._inner
         if inner is not None:
             inner.dataReceived(data)
-            if self._deadline is not None and getattr(inner, "state", None) != _CONNECTING:
-                self._disarm()
+            if self._deadline.armed and getattr(inner, "state", None) != _CONNECTING:
+                self._deadline.disarm()
             return
         self._buffer += data
         if b"\n" not in self._buffer and len(self._buffer) < _MAX_REQUEST_LINE:
@@ -221,7 +241,7 @@ class FirstRequest(protocol.Protocol):
         if site.websocket is not None and _UPGRADE_LINE.match(self._buffer):
             inner = site.websocket.buildProtocol(self._addr)
         else:
-            self._disarm()
+            self._deadline.disarm()
             inner = site.http_channel(self._addr)
         self._inner = inner
         inner.makeConnection(self.transport)
@@ -229,24 +249,9 @@ class FirstRequest(protocol.Protocol):
         self.dataReceived(buffered)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._disarm()
+        self._deadline.disarm()
         if self._inner is not None:
             self._inner.connectionLost(reason)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-
-    def _expire(self) -> None:
-        self._deadline = None
-        log.info(
-            "dropping {peer}: no WebSocket opened within {timeout} s",
-            peer=self.transport.getPeer(),
-            timeout=self._site.handshake_timeout,
-        )
-        self.transport.abortConnection()
 
 
 def make_site(
