@@ -187,10 +187,18 @@ def percentile(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
 
 
-def measure(server: Server, scenario: Scenario, rnd: int, warmup: float, window: float) -> Result:
+def measure(
+    server: Server,
+    scenario: Scenario,
+    rnd: int,
+    warmup: float,
+    window: float,
+    hook: Callable[[bool], None] | None = None,
+) -> Result:
     """Run one scenario against a freshly started server.  The window opens
     and closes on the load generator's signal; server CPU and RSS are read
-    at both ends."""
+    at both ends, and ``hook`` (a profiler, say) is told after opening and
+    before closing."""
     import uvloop
 
     pid = server.process.pid
@@ -198,9 +206,13 @@ def measure(server: Server, scenario: Scenario, rnd: int, warmup: float, window:
     marks: dict[bool, tuple[float, float, float]] = {}
 
     def on_window(opening: bool) -> None:
+        if hook is not None and not opening:
+            hook(opening)
         marks[opening] = (cpu_seconds(pid), time.process_time(), time.perf_counter())
         if not opening:
             result.rss_loaded_kib = rss_kib(pid)
+        if hook is not None and opening:
+            hook(opening)
 
     address = ("127.0.0.1", server.port)
     n, echo = scenario.connections, server.name == BASELINE
