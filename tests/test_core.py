@@ -269,7 +269,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 assert p not in self.partner, f"{p} got a second partner"
                 assert q not in self.partner, f"{q} got a second partner"
                 ended = self.ended.get(frozenset((p, q)))
-                assert ended is None or self.clock.now - ended >= self.COOLDOWN, (
+                # As the matchmaker computes it: the cooldown ends at ended + COOLDOWN
+                # (a difference could round below COOLDOWN at that very moment).
+                assert ended is None or self.clock.now >= ended + self.COOLDOWN, (
                     f"{p} and {q} re-paired during their cooldown"
                 )
                 ids = frozenset((self.identity[p], self.identity[q]))
@@ -431,7 +433,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         for i, p in enumerate(waiting):
             for q in waiting[i + 1 :]:
                 ended = self.ended.get(frozenset((p, q)))
-                cooling = ended is not None and self.clock.now - ended < self.COOLDOWN
+                cooling = ended is not None and self.clock.now < ended + self.COOLDOWN
                 reported = frozenset((self.identity[p], self.identity[q])) in self.never
                 assert cooling or reported, f"{p} and {q} both wait but are eligible for each other"
 
