@@ -144,10 +144,8 @@ async def test_frames_split_and_mixed_with_control_frames_and_fragments() -> Non
 async def test_a_ping_is_answered_between_chat_frames_of_one_read() -> None:
     harness = Harness()
     try:
-        d = harness.agent.open("ws://localhost/ws", {}, protocol_class=PongClient)
-        for _ in range(20):
-            harness.pump()
-        a: PongClient = await d
+        a = harness.connect_now(PongClient)
+        assert isinstance(a, PongClient)
         b = await harness.connect()
         # Our client sends the ping; the server must send the pong back.
         a.transport.write(
@@ -167,17 +165,8 @@ class Streamer:
 
     def __init__(self) -> None:
         self.h = Harness(limits=Limits(message_burst=1e9))
-        self.a, self.b = self._connect(), self._connect()
+        self.a, self.b = self.h.connect_now(), self.h.connect_now()
         self.a.take(), self.b.take()
-
-    def _connect(self) -> Client:
-        d = self.h.agent.open("ws://localhost/ws", {}, protocol_class=Client)
-        for _ in range(20):
-            self.h.pump()
-        opened: list[Client] = []
-        d.addCallback(opened.append)
-        self.h.clients.extend(opened)
-        return opened[0]
 
 
 @pytest.fixture(scope="module")

@@ -66,19 +66,9 @@ class Fuzzer:
         if "log_failure" in event or event.get("isError"):
             self.failures.append(event)
 
-    def _connect(self) -> Client:
-        d = self.h.agent.open("ws://localhost/ws", {}, protocol_class=Client)
-        for _ in range(20):
-            self.h.pump()
-        results: list[Any] = []
-        d.addBoth(results.append)
-        assert results and isinstance(results[0], Client), results
-        self.h.clients.append(results[0])
-        return results[0]
-
     def _pair(self) -> tuple[Client, Client]:
-        a = self._connect()
-        b = self._connect()
+        a = self.h.connect_now()
+        b = self.h.connect_now()
         for c in (a, b):
             if {"type": "paired"} not in c.events:
                 c.send({"type": "next"})

@@ -88,6 +88,18 @@ class Harness:
         self.clients.append(client)
         return client
 
+    def connect_now(self, protocol_class: type[Client] = Client) -> Client:
+        """Connect without awaiting: the in-memory handshake finishes within
+        a few pumps (for tests that cannot await, such as hypothesis')."""
+        d = self.agent.open("ws://localhost/ws", {}, protocol_class=protocol_class)
+        for _ in range(20):
+            self.pump()
+        opened: list[Any] = []
+        d.addBoth(opened.append)
+        assert opened and isinstance(opened[0], protocol_class), opened
+        self.clients.append(opened[0])
+        return opened[0]
+
     async def pair(self) -> tuple[Client, Client]:
         a = await self.connect()
         b = await self.connect()
