@@ -17,6 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+#: A report counts toward a ban only for a chat that lasted this many seconds,
+#: or in which the reported side sent a message: reporting every partner the
+#: moment it appears bans nobody.
+MIN_CHAT_SECONDS = 5.0
+
+#: How many bans one reporter network may help bring about in an hour.
+BANS_PER_REPORTER = 2
+
 
 def address_key(host: str) -> str:
     """The unit that per-address limits count: the IPv4 address, or the /64
@@ -36,6 +44,56 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` names (IPv4-mapped IPv6 as IPv4), or ``None``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def network_key(host: str) -> str:
+    """The network a reporter counts for: the IPv4 /24 or the IPv6 /48.
+
+    However many addresses one network holds, its reports count once.
+    Anything that is not an IP address is its own network.
+    """
+    ip = _ip(host)
+    if ip is None:
+        return host
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network((ip, prefix), strict=False))
+
+
+def ban_scopes(host: str) -> tuple[str, ...]:
+    """What a ban of ``host`` may cover, narrowest first: the IPv4 address
+    alone, or the IPv6 /64, /56 and /48 (repeated bans widen)."""
+    ip = _ip(host)
+    if ip is None or ip.version == 4:
+        return (address_key(host),)
+    return tuple(str(ipaddress.IPv6Network((ip, p), strict=False)) for p in (64, 56, 48))
+
+
+@dataclass(frozen=True)
+class AddressKeys:
+    """The keys of one client address, as :meth:`AddressHasher.keys` hashes them."""
+
+    #: What per-address limits count and who is kept apart (:func:`address_key`).
+    address: str
+    #: Whose reports count once (:func:`network_key`).
+    network: str
+    #: What a ban may cover, narrowest first (:func:`ban_scopes`); the first is ``address``.
+    scopes: tuple[str, ...]
+
+
+def address_keys(host: str) -> AddressKeys:
+    """The keys of ``host``, in the clear."""
+    return AddressKeys(address_key(host), network_key(host), ban_scopes(host))
+
+
 class AddressHasher:
     """Turns an address key into an opaque token with a per-process secret,
     so that what is kept in memory (and could leak) names nobody."""
@@ -46,6 +104,14 @@ class AddressHasher:
     def __call__(self, key: str) -> str:
         digest = hmac.new(self._secret, key.encode("utf-8"), hashlib.blake2s)
         return digest.hexdigest()[:32]
+
+    def keys(self, host: str) -> AddressKeys:
+        """The keys of ``host``, each hashed."""
+        clear = address_keys(host)
+        address = self(clear.address)
+        return AddressKeys(
+            address, self(clear.network), (address, *(self(k) for k in clear.scopes[1:]))
+        )
 
 
 class TokenBucket:
@@ -158,13 +224,93 @@ class AddressLimits:
         return len(self._addresses)
 
 
+class SocketLimits:
+    """Open TCP connections of any kind (page, health check, WebSocket, or
+    nothing yet): per address key and in all.
+
+    :param max_per_address: connections one address may hold open (0: no cap).
+    :param max_total: connections the whole server holds open (0: no cap).
+    """
+
+    def __init__(self, max_per_address: int, max_total: int) -> None:
+        self.max_per_address = max_per_address
+        self.max_total = max_total
+        self.total = 0
+        self._open: dict[str, int] = {}
+
+    def open(self, key: str | None) -> str | None:
+        """Take a slot for a connection from ``key`` (``None``: a peer that
+        is no IP address, counted in the total only).
+
+        Returns ``None`` when admitted (call :meth:`close` when it closes),
+        or why not: ``"total"`` or ``"address"``.
+        """
+        if self.max_total and self.total >= self.max_total:
+            return "total"
+        if key is not None:
+            count = self._open.get(key, 0)
+            if self.max_per_address and count >= self.max_per_address:
+                return "address"
+            self._open[key] = count + 1
+        self.total += 1
+        return None
+
+    def close(self, key: str | None) -> None:
+        self.total -= 1
+        if key is not None:
+            count = self._open[key] - 1
+            if count:
+                self._open[key] = count
+            else:
+                del self._open[key]
+
+    @property
+    def full(self) -> bool:
+        """Whether the total cap is reached."""
+        return bool(self.max_total) and self.total >= self.max_total
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+def socket_key(host: str) -> str | None:
+    """The unit :class:`SocketLimits` counts for a TCP peer: its
+    :func:`address_key`, or ``None`` for a peer that is no IP address."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return address_key(host)
+
+
+@dataclass(frozen=True)
+class Ban:
+    """A ban that a report brought about."""
+
+    #: The hashed key banned: an address, or an IPv6 /64, /56 or /48.
+    scope: str
+    #: When it ends (clock time).
+    until: float
+
+
 class Reports:
     """Reports against addresses, and the bans they lead to.
 
-    Reports from ``threshold`` distinct reporters within ``window`` seconds ban
-    the reported address for ``ban_seconds``; each further ban of the same
-    address within ``memory`` seconds of the last one lasts twice as long.
+    Reports from ``threshold`` distinct reporter networks (IPv4 /24, IPv6
+    /48) within ``window`` seconds ban the reported address for
+    ``ban_seconds``.  A report counts only for a chat that lasted
+    ``min_chat_seconds``, or in which the reported side sent a message; and
+    only while its reporter network has helped bring about fewer than
+    ``bans_per_reporter`` bans in the last hour.
+
+    Each further ban within ``memory`` seconds of the last one lasts twice as
+    long, and for IPv6 covers more: the /64 first, then the /56, then the
+    /48.  Addresses come as :class:`AddressKeys`, hashed or not: only equality
+    matters here.
     """
+
+    #: The hour over which ``bans_per_reporter`` counts.
+    BUDGET_WINDOW = 3600.0
 
     def __init__(
         self,
@@ -173,52 +319,92 @@ class Reports:
         window: float = 600.0,
         ban_seconds: float = 600.0,
         memory: float = 86_400.0,
+        min_chat_seconds: float = MIN_CHAT_SECONDS,
+        bans_per_reporter: int = BANS_PER_REPORTER,
     ) -> None:
         self._clock = clock
         self.threshold = threshold
         self.window = window
         self.ban_seconds = ban_seconds
         self.memory = memory
-        # reported -> {reporter: time of its latest report}
+        self.min_chat_seconds = min_chat_seconds
+        self.bans_per_reporter = bans_per_reporter
+        # reported address -> {reporter network: time of its latest report}
         self._reports: dict[str, dict[str, float]] = {}
-        # address -> time its ban ends
+        # scope -> time its ban ends
         self._banned: dict[str, float] = {}
-        # address -> (bans so far, when the last one ended)
+        # widest scope -> (bans so far, when the last one ended)
         self._history: dict[str, tuple[int, float]] = {}
+        # reporter network -> when the bans it helped bring about began
+        self._spent: dict[str, deque[float]] = {}
 
-    def report(self, reporter: str, reported: str) -> float | None:
-        """Record a report; return the end of a ban it started, if any."""
+    def report(
+        self, reporter: AddressKeys, reported: AddressKeys, *, seconds: float, sent: bool
+    ) -> Ban | None:
+        """Record a report about a chat that lasted ``seconds``, in which the
+        reported side did (``sent``) or did not send a message; return the ban
+        it brought about, if any."""
         now = self._clock()
-        if reporter == reported or self.banned_until(reported) is not None:
+        if reporter.address == reported.address:
+            return None  # nobody reports themself
+        if self.banned_until(*reported.scopes) is not None:
             return None
-        reporters = self._reports.setdefault(reported, {})
-        reporters[reporter] = now
+        if seconds < self.min_chat_seconds and not sent:
+            return None
+        if not self._has_budget(reporter.network, now):
+            return None
+        reporters = self._reports.setdefault(reported.address, {})
+        reporters[reporter.network] = now
         horizon = now - self.window
         for who in [w for w, t in reporters.items() if t <= horizon]:
             del reporters[who]
-        if len(reporters) < self.threshold:
+        counted = [w for w in reporters if self._has_budget(w, now)]
+        if len(counted) < self.threshold:
             return None
-        del self._reports[reported]
-        count, last_end = self._history.get(reported, (0, float("-inf")))
+        del self._reports[reported.address]
+        for who in counted:
+            self._spent.setdefault(who, deque()).append(now)
+        scopes = reported.scopes or (reported.address,)
+        widest = scopes[-1]
+        count, last_end = self._history.get(widest, (0, float("-inf")))
         if now - last_end > self.memory:
             count = 0
+        scope = scopes[min(count, len(scopes) - 1)]
         until = now + self.ban_seconds * (2**count)
-        self._banned[reported] = until
-        self._history[reported] = (count + 1, until)
-        return until
+        self._banned[scope] = until
+        self._history[widest] = (count + 1, until)
+        return Ban(scope, until)
 
-    def banned_until(self, address: str) -> float | None:
-        """When the address's ban ends, or ``None`` if it is not banned."""
-        until = self._banned.get(address)
-        if until is None:
-            return None
-        if until <= self._clock():
-            del self._banned[address]
-            return None
-        return until
+    def _has_budget(self, network: str, now: float) -> bool:
+        """Whether reports from ``network`` still count toward a ban."""
+        spent = self._spent.get(network)
+        if spent is None:
+            return True
+        horizon = now - self.BUDGET_WINDOW
+        while spent and spent[0] <= horizon:
+            spent.popleft()
+        if not spent:
+            del self._spent[network]
+            return True
+        return len(spent) < self.bans_per_reporter
+
+    def banned_until(self, *scopes: str) -> float | None:
+        """When the latest ban covering any of ``scopes`` ends, or ``None``
+        if none is banned (pass all of an address's scopes)."""
+        latest = None
+        now = self._clock()
+        for scope in scopes:
+            until = self._banned.get(scope)
+            if until is None:
+                continue
+            if until <= now:
+                del self._banned[scope]
+            elif latest is None or until > latest:
+                latest = until
+        return latest
 
     def prune(self) -> None:
-        """Forget reports, bans and histories that have run out."""
+        """Forget reports, bans, reporters' budgets and histories that have run out."""
         now = self._clock()
         horizon = now - self.window
         for reported in list(self._reports):
@@ -227,14 +413,17 @@ class Reports:
                 del reporters[who]
             if not reporters:
                 del self._reports[reported]
-        for address in [a for a, until in self._banned.items() if until <= now]:
-            del self._banned[address]
-        for address in [a for a, (_, end) in self._history.items() if now - end > self.memory]:
-            del self._history[address]
+        for scope in [s for s, until in self._banned.items() if until <= now]:
+            del self._banned[scope]
+        for scope in [s for s, (_, end) in self._history.items() if now - end > self.memory]:
+            del self._history[scope]
+        for network in list(self._spent):
+            self._has_budget(network, now)
 
-    def sizes(self) -> tuple[int, int, int]:
-        """How many reported addresses, bans and ban histories are remembered."""
-        return len(self._reports), len(self._banned), len(self._history)
+    def sizes(self) -> tuple[int, int, int, int]:
+        """How many reported addresses, bans, ban histories and reporter
+        budgets are remembered."""
+        return len(self._reports), len(self._banned), len(self._history), len(self._spent)
 
 
 def client_host(peer_host: str, forwarded_for: list[str], trusted_hops: int) -> str:
@@ -264,39 +453,117 @@ def client_host(peer_host: str, forwarded_for: list[str], trusted_hops: int) -> 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
+#: The schemes of a page, as a browser names them in ``Origin``.
+_PAGE_SCHEMES = ("http", "https")
 
-def _split_hostport(hostport: str, default_port: str) -> tuple[str, str]:
-    """``host[:port]`` (``[v6]:port`` too) as (host, port), lower-cased."""
-    hostport = hostport.strip().lower()
-    if hostport.startswith("["):
-        host, _, tail = hostport.partition("]")
-        host += "]"
-        port = tail[1:] if tail.startswith(":") else ""
-    else:
-        host, _, port = hostport.partition(":")
-    return host, port if port else default_port
+_HOSTPORT = re.compile(r"(?P<host>[a-z0-9_.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{0,5}))?\Z")
 
 
-def _split_origin(origin: str) -> tuple[str, str, str] | None:
+def request_scheme(secure: bool, forwarded_proto: list[str], trusted_hops: int) -> str:
+    """The scheme the client reached the server with: ``"https"`` or ``"http"``.
+
+    ``secure`` tells whether the connection is TLS.  ``forwarded_proto``
+    holds the ``X-Forwarded-Proto`` header lines of the request; behind
+    trusted proxies (``trusted_hops`` above 0) its last value decides, when it
+    is ``http`` or ``https``.  Anything else in it, and the header itself when
+    no proxy is trusted, is ignored.
+    """
+    scheme = "https" if secure else "http"
+    if trusted_hops <= 0:
+        return scheme
+    values = [value.strip().lower() for line in forwarded_proto for value in line.split(",")]
+    if values and values[-1] in _PAGE_SCHEMES:
+        return values[-1]
+    return scheme
+
+
+def _split_hostport(hostport: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` (``[v6]:port`` too) as (host, port), lower-cased, the
+    port filled in with ``default_port`` when missing; ``None`` when it is no
+    host and port."""
+    match = _HOSTPORT.match(hostport.strip().lower())
+    if match is None:
+        return None
+    host, port = match["host"], match["port"]
+    if host.startswith("["):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return None
+    if not port:
+        return host, default_port
+    number = int(port)
+    if not 0 < number < 65536:
+        return None
+    return host, number
+
+
+def _split_origin(origin: str) -> tuple[str, str, int] | None:
     """``scheme://host[:port]`` as (scheme, host, port), the port always filled in."""
     scheme, sep, rest = origin.strip().lower().partition("://")
     default = _DEFAULT_PORTS.get(scheme)
-    if not sep or not rest or "/" in rest or default is None:
+    if not sep or default is None:
         return None
-    host, port = _split_hostport(rest, str(default))
-    return scheme, host, port
+    hostport = _split_hostport(rest, default)
+    if hostport is None:
+        return None
+    return scheme, *hostport
+
+
+class PublicHosts:
+    """The host names (``host[:port]``) the server answers for.
+
+    A name without a port means the default port of the request's scheme.
+    With no names at all every ``Host`` is accepted; otherwise a request
+    must carry one of them, compared case-insensitively, or it is refused:
+    a page served under any other name (a DNS-rebinding attacker's, say)
+    would count as its own origin.
+    """
+
+    def __init__(self, hosts: tuple[str, ...] = ()) -> None:
+        self.hosts = hosts
+        self._names: set[tuple[str, int | None]] = set()
+        for name in hosts:
+            parsed = _split_hostport(name, 0)
+            if parsed is None or not parsed[0].strip("."):
+                raise ValueError(f"public host {name!r} is not host[:port]")
+            host, port = parsed
+            self._names.add((host, port or None))
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def allows(self, host: str | None, scheme: str) -> bool:
+        """Whether a request with this ``Host`` (``None``: none) reached us
+        under one of our names, over ``scheme``."""
+        if not self._names:
+            return True
+        default = _DEFAULT_PORTS.get(scheme)
+        if not host or default is None:
+            return False
+        parsed = _split_hostport(host, default)
+        if parsed is None:
+            return False
+        name, port = parsed
+        return (name, port) in self._names or (port == default and (name, None) in self._names)
 
 
 class OriginPolicy:
     """Which ``Origin`` may open a WebSocket.
 
     A request without ``Origin`` (a program, not a browser) is allowed.
-    ``Origin: null`` is refused.  The page's own origin (the one whose host
-    and port are the request's ``Host``) is always allowed; so is any origin
-    matching one of ``patterns``: ``scheme://host:port`` where ``*`` matches
-    any run of characters other than
-    ``:`` and ``/``, and a missing port means the scheme's default (so
+    ``Origin: null`` is refused.  The page's own origin is always allowed:
+    the one whose scheme is the request's (``http`` or ``https``, see
+    :func:`request_scheme`) and whose host and port are the request's
+    ``Host``, a missing port being the default of that scheme on both
+    sides.  So is any origin matching one of ``patterns``:
+    ``scheme://host:port`` where ``*`` matches any run of characters other
+    than ``:`` and ``/``, and a missing port means the scheme's default (so
     ``https://*.example.com`` allows every subdomain over HTTPS on port 443).
+
+    ``Host`` is the client's word: on its own it cannot tell a page of ours
+    from a page of a DNS-rebinding attacker's domain.  :class:`PublicHosts`
+    closes that gap.
     """
 
     def __init__(self, patterns: tuple[str, ...] = ()) -> None:
@@ -316,14 +583,17 @@ class OriginPolicy:
         body = re.escape(f"{scheme}://{rest}").replace(r"\*", "[^/:@]*")
         return re.compile(body + r"\Z")
 
-    def allows(self, origin: str | None, host: str | None) -> bool:
+    def allows(self, origin: str | None, host: str | None, scheme: str = "http") -> bool:
+        """Whether a page of ``origin`` may open a WebSocket through a request
+        with this ``Host`` that reached the server over ``scheme``."""
         if not origin:  # no Origin header
             return True
-        parts = _split_origin(origin.strip())
+        parts = _split_origin(origin)
         if parts is None:  # "null", or anything that is no origin
             return False
-        scheme, origin_host, port = parts
-        if host and _split_hostport(host, port) == (origin_host, port):
-            return True
-        normal = f"{scheme}://{origin_host}:{port}"
+        origin_scheme, origin_host, port = parts
+        if origin_scheme == scheme and scheme in _PAGE_SCHEMES and host:
+            if _split_hostport(host, _DEFAULT_PORTS[scheme]) == (origin_host, port):
+                return True
+        normal = f"{origin_scheme}://{origin_host}:{port}"
         return any(p.match(normal) for p in self._compiled)

@@ -76,6 +76,20 @@ class Stats:
         return {"online": self.online, "waiting": self.waiting, "chatting": self.chatting}
 
 
+@dataclass(frozen=True)
+class ReportedChat:
+    """The chat a report ended, as :meth:`Matchmaker.report` describes it."""
+
+    #: The partner that was reported.
+    partner: Peer
+    #: Its identity (see :meth:`Matchmaker.connect`).
+    identity: Hashable
+    #: How long the chat lasted, in seconds of the matchmaker's clock.
+    seconds: float
+    #: Whether the partner sent at least one chat message in it.
+    partner_sent: bool
+
+
 class Matchmaker(Protocol):
     """What a transport calls.  Every method is keyed by the :class:`Peer`."""
 
@@ -92,10 +106,11 @@ class Matchmaker(Protocol):
     def stop(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue; the peer is idle."""
 
-    def report(self, peer: Peer) -> Hashable | None:
+    def report(self, peer: Peer) -> ReportedChat | None:
         """End the chat like :meth:`next`, and never pair these two identities
-        again.  Returns the reported partner's identity, or ``None`` (and does
-        nothing) when the peer has no partner."""
+        again.  Returns the reported partner, its identity, how long the chat
+        lasted and whether the partner sent a message in it; or ``None`` (and
+        does nothing) when the peer has no partner."""
 
     def disconnect(self, peer: Peer) -> None:
         """The client is gone; its partner, if any, is told."""
@@ -147,6 +162,9 @@ class MemoryMatchmaker:
         # choice reproducible for a given random source.
         self._waiting: dict[Peer, None] = {}
         self._partner: dict[Peer, Peer] = {}
+        # When each chatting client's chat began, and who has sent a message in it.
+        self._paired_at: dict[Peer, float] = {}
+        self._sent: set[Peer] = set()
         self._identity: dict[Peer, Hashable] = {}
         # Pairs of identities that never meet again (insertion-ordered, capped).
         self._never: dict[frozenset[Hashable], None] = {}
@@ -182,12 +200,15 @@ class MemoryMatchmaker:
         self._advance(now)
         self._leave(peer, now)
 
-    def report(self, peer: Peer) -> Hashable | None:
+    def report(self, peer: Peer) -> ReportedChat | None:
         self._require_online(peer)
         partner = self._partner.get(peer)
         if partner is None:
             return None
         reported = self._identity[partner]
+        chat = ReportedChat(
+            partner, reported, self._clock() - self._paired_at[partner], partner in self._sent
+        )
         reporter = self._identity[peer]
         # Two people behind one address (a NAT) cannot be kept apart by
         # address without keeping everyone there apart: the cooldown must do.
@@ -197,7 +218,7 @@ class MemoryMatchmaker:
             if len(never) > MAX_NEVER_PAIRS:
                 del never[next(iter(never))]
         self.next(peer)
-        return reported
+        return chat
 
     def disconnect(self, peer: Peer) -> None:
         if peer not in self._online:
@@ -207,6 +228,7 @@ class MemoryMatchmaker:
         partner = self._partner.pop(peer, None)
         if partner is not None:
             del self._partner[partner]
+            self._end_chat(peer, partner)
             partner.send_partner_left()
         self._waiting.pop(peer, None)
         self._online.discard(peer)
@@ -221,6 +243,7 @@ class MemoryMatchmaker:
         partner = self._partner.get(peer)
         if partner is None:
             return False
+        self._sent.add(peer)
         partner.send_message(text)
         return True
 
@@ -263,10 +286,18 @@ class MemoryMatchmaker:
         partner = self._partner.pop(peer, None)
         if partner is not None:
             del self._partner[partner]
+            self._end_chat(peer, partner)
             self._start_cooldown(peer, partner, now)
             partner.send_partner_left()
         else:
             self._waiting.pop(peer, None)
+
+    def _end_chat(self, a: Peer, b: Peer) -> None:
+        """Forget when the chat of ``a`` and ``b`` began and who spoke in it."""
+        paired_at, sent = self._paired_at, self._sent
+        del paired_at[a], paired_at[b]
+        sent.discard(a)
+        sent.discard(b)
 
     def _start_cooldown(self, a: Peer, b: Peer, now: float) -> None:
         if self._cooldown <= 0:
@@ -294,6 +325,7 @@ class MemoryMatchmaker:
             del self._waiting[partner]
             self._partner[peer] = partner
             self._partner[partner] = peer
+            self._paired_at[peer] = self._paired_at[partner] = now
             partner.send_paired()
             peer.send_paired()
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -18,23 +19,28 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from roulette import framing, wire
 from roulette.abuse import (
     AddressHasher,
+    AddressKeys,
     AddressLimits,
     OriginPolicy,
+    PublicHosts,
     Reports,
     TokenBucket,
     WindowCounter,
-    address_key,
     client_host,
+    request_scheme,
 )
 from roulette.core import Matchmaker, Stats
+from roulette.logs import Tally, excerpt
 
 #: How often, at most, a client hears the ``online`` count (seconds).
 ONLINE_INTERVAL = 1.0
@@ -49,6 +55,22 @@ CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
 
 #: How often the abuse controls forget what has expired (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
+
+#: Seconds a connection being closed may take to read what it was sent last.
+CLOSE_LINGER = 5.0
+#: Bytes Autobahn reads at a time (see ``RouletteProtocol._feed``).
+_FEED_SLICE = 4096
+
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+def _peer_host(transport: Any) -> str:
+    peer = transport.getPeer() if transport is not None else None
+    return str(getattr(peer, "host", None) or peer)
 
 
 @dataclass(frozen=True)
@@ -67,8 +89,15 @@ class Limits:
     #: This many refused frames within the window close the connection (1008).
     flood_refusals: int = 50
     flood_window: float = 10.0
-    #: Bytes a connection may have waiting to be sent before it is dropped.
+    #: Bytes a connection may have waiting to be sent before it is dropped;
+    #: everything written counts (events, pongs, close frames).
     send_buffer_limit: int = 256 * 1024
+    #: Pings and pongs from a client: a second, and at once.  A browser sends
+    #: none (it answers the server's pings only); past the burst, 1008.
+    control_rate: float = 1.0
+    control_burst: float = 10.0
+    #: Frames one fragmented message may come in; past it, 1008.
+    max_fragments: int = 64
 
 
 @dataclass
@@ -81,6 +110,8 @@ class Gate:
     hasher: AddressHasher = field(default_factory=AddressHasher)
     #: How many ``X-Forwarded-For`` hops (proxies in front of us) to believe.
     trust_proxy: int = 0
+    #: The names the server answers for (none: any ``Host``).
+    hosts: PublicHosts = field(default_factory=PublicHosts)
 
 
 # Module-level: Autobahn's protocol keeps its own (level-filtered) ``self.log``.
@@ -181,22 +212,28 @@ class Lobby(Service):
         if self._drained is not None and not self._clients:
             self._fire_drained()
 
-    def report(self, client: RouletteProtocol, reporter: str) -> bool:
+    def report(self, client: RouletteProtocol) -> bool:
         """End the client's chat for good; ban the partner's address if enough
-        people reported it.  ``False`` when the client had no partner."""
-        reported = self.matchmaker.report(client)
+        people reported it (see :class:`~roulette.abuse.Reports`).  ``False``
+        when the client had no partner."""
+        chat = self.matchmaker.report(client)
         self._reschedule()
-        if reported is None:
+        if chat is None:
             return False
         reports = self.gate.reports
-        until = None if reports is None else reports.report(reporter, str(reported))
-        if until is not None:
-            self.ban(str(reported), until)
+        partner = chat.partner
+        if reports is not None and isinstance(partner, RouletteProtocol):
+            ban = reports.report(
+                client.keys, partner.keys, seconds=chat.seconds, sent=chat.partner_sent
+            )
+            if ban is not None:
+                self.ban(ban.scope, ban.until)
         return True
 
-    def ban(self, address: str, until: float) -> None:
-        """Close every connection from a banned address."""
-        banned = [c for c in self._clients if c.address_hash == address]
+    def ban(self, scope: str, until: float) -> None:
+        """Close every connection from a banned address or network (``scope``
+        is one of :attr:`RouletteProtocol.keys`' scopes)."""
+        banned = [c for c in self._clients if scope in c.keys.scopes]
         log.warn(
             "banned {peers} until {until:.0f} after reports",
             peers=[c.peer for c in banned],
@@ -216,9 +253,10 @@ class Lobby(Service):
     def relay_message(self, client: RouletteProtocol, text: str) -> bool:
         return self.matchmaker.relay_message(client, text)
 
-    def banned_until(self, address_hash: str) -> float | None:
+    def banned_until(self, *scopes: str) -> float | None:
+        """When the latest ban covering any of the hashed ``scopes`` ends."""
         reports = self.gate.reports
-        return None if reports is None else reports.banned_until(address_hash)
+        return None if reports is None else reports.banned_until(*scopes)
 
     def relay_typing(self, client: RouletteProtocol, active: bool) -> bool:
         return self.matchmaker.relay_typing(client, active)
@@ -295,14 +333,22 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     factory: RouletteFactory
 
-    #: The client's address (after trusted proxies) and its keyed hash.
+    #: The client's address (after trusted proxies), its keyed hash, and
+    #: the hashed keys of its network and of what a ban of it may cover.
     address = "?"
     address_hash = ""
+    keys = AddressKeys("", "", ())
     _admitted = False
     _joined = False
     _online_count = -1
     _online_at = float("-inf")
     _send_buffer: _SendBuffer | None = None
+    _refusal: str | None = None
+    _linger: IDelayedCall | None = None
+    _fragments = 0
+    #: Bytes still read, once closing, in search of the client's close frame:
+    #: room for the rest of a message of the largest size, and the close.
+    _closing_allowance = 2 * wire.MAX_PAYLOAD
 
     # -- handshake -----------------------------------------------------------
 
@@ -314,10 +360,18 @@ class RouletteProtocol(WebSocketServerProtocol):
         peer_host = str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
         forwarded = request.headers.get("x-forwarded-for")
         self.address = client_host(peer_host, [forwarded] if forwarded else [], gate.trust_proxy)
-        self.address_hash = gate.hasher(address_key(self.address))
-        if not gate.origins.allows(request.origin, request.headers.get("host")):
+        self.keys = gate.hasher.keys(self.address)
+        self.address_hash = self.keys.address
+        host = request.headers.get("host")
+        proto = request.headers.get("x-forwarded-proto")
+        scheme = request_scheme(
+            ISSLTransport.providedBy(self.transport), [proto] if proto else [], gate.trust_proxy
+        )
+        if not gate.hosts.allows(host, scheme):
+            self._refuse(421, "Misdirected Request", host=host)
+        if not gate.origins.allows(request.origin, host, scheme):
             self._refuse(403, "origin not allowed", origin=request.origin)
-        until = lobby.banned_until(self.address_hash)
+        until = lobby.banned_until(*self.keys.scopes)
         if until is not None:
             self._refuse(403, "banned", until=until)
         refused = gate.addresses.admit(self.address_hash, self.factory.reactor.seconds())
@@ -333,9 +387,42 @@ class RouletteProtocol(WebSocketServerProtocol):
             address=self.address,
             code=code,
             reason=reason,
-            details=details,
+            details={name: excerpt(value) for name, value in details.items()},
         )
+        self._refusal = reason
         raise ConnectionDeny(code, reason)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Refuse the upgrade with ``code`` and close.
+
+        Autobahn's own puts its reason, often with the offending header in
+        it, into the status line and the log; here the status line carries
+        our own refusal's reason or the code's standard phrase, and the log
+        an escaped excerpt.
+        """
+        self.wasNotCleanReason = reason
+        ours, self._refusal = self._refusal, None
+        if ours is None:
+            self.factory.tally.note(
+                "failed handshake",
+                "failed WebSocket handshake from {address}: {code} {reason}",
+                address=self.address if self.address != "?" else _peer_host(self.transport),
+                code=code,
+                reason=excerpt(reason),
+            )
+        if ours is not None:
+            phrase = ours
+        else:
+            try:
+                phrase = HTTPStatus(code).phrase
+            except ValueError:
+                phrase = "Bad Request"
+        response = f"HTTP/1.1 {code} {phrase}\r\n"
+        for name, value in responseHeaders or ():
+            response += f"{name}: {value}\r\n"
+        response += "Content-Length: 0\r\nConnection: close\r\n\r\n"
+        self.sendData(response.encode("latin-1", "replace"))
+        self.dropConnection(abort=False)
 
     def onOpen(self) -> None:
         self._joined = True
@@ -345,6 +432,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._typing_budget = TokenBucket(limits.typing_rate, limits.typing_burst, now)
         self._queue_budget = TokenBucket(limits.queue_rate, limits.queue_burst, now)
         self._refusals = WindowCounter(limits.flood_window)
+        self._control_budget = TokenBucket(limits.control_rate, limits.control_burst, now)
         # Behind twisted.web the HTTP channel is still the transport's
         # producer; the connection is ours now.
         self._send_buffer = _SendBuffer(getattr(self.transport, "bufferSize", 65536))
@@ -385,7 +473,7 @@ class RouletteProtocol(WebSocketServerProtocol):
             or self.inside_message
             or self.logOctets
         ):
-            super()._dataReceived(data)
+            self._feed(data)
             return
         pos = 0
         limit = self.maxMessagePayloadSize
@@ -406,9 +494,80 @@ class RouletteProtocol(WebSocketServerProtocol):
             if self.state != WebSocketProtocol.STATE_OPEN:
                 break
         if pos < len(data):
-            super()._dataReceived(data[pos:] if pos else data)
+            self._feed(data[pos:] if pos else data)
+
+    def _feed(self, data: bytes) -> None:
+        """Hand ``data`` to Autobahn's reading, a slice at a time.
+
+        Autobahn cuts each frame off the front of its buffer, copying the
+        rest: one read of many tiny frames would cost the square of its
+        length.  In slices, the copying stays proportional to the read.
+        Once the connection is closing, only the client's close frame is
+        still of use: a little is read to find it, and the rest is dropped
+        (the close handshake's timeout ends the connection).
+        """
+        start = 0
+        end = len(data)
+        step = _FEED_SLICE
+        while start < end:
+            state = self.state
+            if state == _CONNECTING:
+                super()._dataReceived(data[start:] if start else data)
+                return
+            if state != _OPEN:
+                if state == _CLOSING and self._closing_allowance > 0:
+                    chunk = data[start : start + self._closing_allowance]
+                    self._closing_allowance -= len(chunk)
+                    super()._dataReceived(chunk)
+                return
+            if start == 0 and end <= step:
+                super()._dataReceived(data)
+                return
+            super()._dataReceived(data[start : start + step])
+            start += step
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._fragments += 1
+        if self._fragments > self.factory.limits.max_fragments:
+            self._close(CLOSE_POLICY_VIOLATION, "message in too many fragments")
+        super().onMessageFrameBegin(length)
+
+    def processControlFrame(self) -> bool:
+        """Pings and pongs from the client, within their budget.
+
+        Nothing is answered or dispatched once the connection is closing.
+        An unsolicited pong (RFC 6455 allows it, as a heartbeat) is taken
+        quietly, where Autobahn would log a warning for each.
+        """
+        opcode = self.current_frame.opcode
+        if opcode == 9 or opcode == 10:
+            if self.state != _OPEN:
+                self.control_frame_data = None
+                return True
+            if not self._control_budget.take(self.factory.reactor.seconds()):
+                self.control_frame_data = None
+                self.factory.tally.note(
+                    "control flood",
+                    "closing {address}: too many pings or pongs",
+                    address=self.address,
+                )
+                self._close(CLOSE_POLICY_VIOLATION, "too many pings")
+                return True
+            if opcode == 10:
+                pending = self.autoPingPending
+                payload = b"".join(self.control_frame_data)
+                if pending is None or payload != pending:
+                    self.control_frame_data = None
+                    return True
+        return super().processControlFrame()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != _OPEN:
+            return  # the server is closing this connection: nothing more is done
         if isBinary:
             self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
             return
@@ -439,7 +598,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                 case wire.Stop():
                     lobby.stop(self)
                 case wire.Report():
-                    if not lobby.report(self, self.address_hash):
+                    if not lobby.report(self):
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
                     log.info("client {address} reported its partner", address=self.address)
         except wire.CommandError as error:
@@ -465,20 +624,63 @@ class RouletteProtocol(WebSocketServerProtocol):
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         buffer = self._send_buffer
-        if buffer is not None and buffer.paused:
-            buffer.queued_since_pause += len(frame) + 4
-            if buffer.estimate() > self.factory.limits.send_buffer_limit:
-                self._drop_slow_consumer()
-                return
+        if buffer is not None and buffer.paused and not self._may_queue(len(frame) + 4):
+            return
         # What sendMessage() would write for an uncompressed, unfragmented
         # text message, without its per-call checks and bookkeeping.
         self.transport.write(framing.text_frame(frame))
 
-    def _drop_slow_consumer(self) -> None:
-        log.warn("dropping {address}: it does not read what it is sent", address=self.address)
-        # It is not reading, so the close frame is a courtesy; the drop is not.
-        self._close(CLOSE_POLICY_VIOLATION, "not reading fast enough")
-        self.dropConnection(abort=True)
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Everything Autobahn writes (the handshake, pongs, close frames)
+        # counts toward the send buffer limit, as events do.
+        buffer = self._send_buffer
+        if buffer is not None and buffer.paused and not self._may_queue(len(data)):
+            return
+        super().sendData(data, sync, chopsize)
+
+    def _may_queue(self, size: int) -> bool:
+        """Count ``size`` more bytes queued while the transport is full;
+        whether they stay under the limit (if not, the client is dropped)."""
+        buffer = self._send_buffer
+        assert buffer is not None
+        buffer.queued_since_pause += size
+        if buffer.estimate() <= self.factory.limits.send_buffer_limit:
+            return True
+        if self.state != _CLOSED:
+            self.factory.tally.note(
+                "slow consumer",
+                "dropping {address}: it does not read what it is sent",
+                address=self.address,
+            )
+            # It is not reading: a close frame would never reach it.
+            self.wasNotCleanReason = "not reading fast enough"
+            self.dropConnection(abort=True)
+        return False
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        super()._closeConnection(abort)
+        if not abort and self._linger is None:
+            # A clean close waits for what is buffered to be sent; a client
+            # that does not read it would hold the connection for ever.
+            self._linger = self.factory.reactor.callLater(CLOSE_LINGER, self._abort_lingering)
+
+    def _abort_lingering(self) -> None:
+        self._linger = None
+        self.factory.tally.note(
+            "close not taken",
+            "dropping {address}: it did not take its close within {seconds} s",
+            address=self.address,
+            seconds=CLOSE_LINGER,
+        )
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        linger = self._linger
+        if linger is not None:
+            self._linger = None
+            if linger.active():
+                linger.cancel()
+        super().connectionLost(reason)
 
     # -- what the lobby calls --------------------------------------------------
 
@@ -550,6 +752,8 @@ class RouletteFactory(WebSocketServerFactory):
         self.lobby = lobby
         self.max_message_length = max_message_length
         self.limits = limits if limits is not None else Limits()
+        #: Repeated warnings (floods, deadlines, slow consumers) at most once a minute.
+        self.tally = Tally(self.reactor)
         self.setProtocolOptions(
             failByDrop=False,
             webStatus=False,

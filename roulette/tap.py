@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import random
+import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import txaio
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
 from twisted.python import usage
+from zope.interface import implementer
 
 from roulette import wire
-from roulette.abuse import AddressLimits, OriginPolicy, Reports
+from roulette.abuse import (
+    BANS_PER_REPORTER,
+    MIN_CHAT_SECONDS,
+    AddressLimits,
+    OriginPolicy,
+    PublicHosts,
+    Reports,
+    SocketLimits,
+)
 from roulette.core import MemoryMatchmaker
 from roulette.server import (
     AUTO_PING_INTERVAL,
@@ -24,7 +43,15 @@ from roulette.server import (
     RouletteFactory,
 )
 from roulette.transport import direct_tcp
-from roulette.website import HANDSHAKE_TIMEOUT, default_web_root, make_site
+from roulette.website import (
+    HANDSHAKE_TIMEOUT,
+    MAX_SOCKETS_PER_ADDRESS,
+    RESPONSE_TIMEOUT,
+    default_web_root,
+    make_site,
+)
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -92,6 +119,31 @@ class Options(usage.Options):
         ],
         ["max-connections", None, 0, "WebSocket connections in all (0: no cap).", int],
         [
+            "max-sockets-per-ip",
+            None,
+            None,
+            "TCP connections of any kind (page, WebSocket, or nothing sent yet) one address may "
+            f"hold open (IPv6: /64; 0: no cap) [default: {MAX_SOCKETS_PER_ADDRESS}; no cap with "
+            "--trust-proxy, where every connection comes from the proxy].",
+            int,
+        ],
+        [
+            "max-sockets",
+            None,
+            0,
+            "TCP connections of any kind the server holds open; at the cap it stops accepting "
+            "until one closes (0: the process's descriptor limit, raised to its hard limit at "
+            "start, less a tenth for files and logs).",
+            int,
+        ],
+        [
+            "response-timeout",
+            None,
+            RESPONSE_TIMEOUT,
+            "Seconds from a request's arrival until the client must have taken its response.",
+            float,
+        ],
+        [
             "trust-proxy",
             None,
             0,
@@ -109,10 +161,34 @@ class Options(usage.Options):
             "ban-reports",
             None,
             3,
-            "Reports from this many different addresses within 10 minutes ban an address.",
+            "Reports from this many different networks (IPv4 /24, IPv6 /48) within 10 minutes "
+            "ban an address.",
             int,
         ],
-        ["ban-minutes", None, 10.0, "Length of a first ban; each repeat doubles it.", float],
+        [
+            "ban-minutes",
+            None,
+            10.0,
+            "Length of a first ban; each repeat doubles it (and widens it for IPv6: "
+            "/64, /56, /48).",
+            float,
+        ],
+        [
+            "bans-per-reporter",
+            None,
+            BANS_PER_REPORTER,
+            "Bans a network's reports may help bring about in an hour; past that they count "
+            "for nothing until the hour is over.",
+            int,
+        ],
+        [
+            "report-min-chat",
+            None,
+            MIN_CHAT_SECONDS,
+            "Seconds a chat must last for a report in it to count toward a ban, unless the "
+            "reported side sent a message.",
+            float,
+        ],
         [
             "shutdown-grace",
             None,
@@ -125,6 +201,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["allowed-origin"] = []
+        self["public-host"] = []
 
     def opt_allowed_origin(self, pattern: str) -> None:
         """Also accept WebSockets from pages of this origin (scheme://host[:port], * for any run of characters; repeatable). The server's own origin is always accepted."""  # noqa: E501
@@ -133,6 +210,14 @@ class Options(usage.Options):
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         self["allowed-origin"].append(pattern)
+
+    def opt_public_host(self, host: str) -> None:
+        """Answer only requests for this host name (host[:port], the scheme's default port if none; repeatable); any other Host gets HTTP 421. Set it on every public deployment [default: any host]."""  # noqa: E501
+        try:
+            PublicHosts((host,))
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["public-host"].append(host)
 
     def postOptions(self) -> None:
         if not 1 <= self["max-message-length"] <= wire.MAX_TEXT_LIMIT:
@@ -144,7 +229,9 @@ class Options(usage.Options):
             "auto-ping-interval",
             "handshake-timeout",
             "max-connections",
+            "max-sockets",
             "trust-proxy",
+            "report-min-chat",
         ):
             if not self[name] >= 0:
                 raise usage.UsageError(f"--{name} must not be negative")
@@ -156,10 +243,14 @@ class Options(usage.Options):
             "send-buffer-limit",
             "ban-reports",
             "ban-minutes",
+            "bans-per-reporter",
             "shutdown-grace",
+            "response-timeout",
         ):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["max-sockets-per-ip"] is not None and self["max-sockets-per-ip"] < 0:
+            raise usage.UsageError("--max-sockets-per-ip must not be negative")
         # Autobahn schedules these timers to whole seconds.
         if not self["auto-ping-timeout"] >= 1:
             raise usage.UsageError("--auto-ping-timeout must be at least 1 second")
@@ -170,6 +261,49 @@ class Options(usage.Options):
             if not (root / "index.html").is_file():
                 raise usage.UsageError(f"--web-root {root} has no index.html")
             self["web-root"] = root
+
+
+def socket_budget(requested: int) -> int:
+    """How many connections the server may hold open: ``requested``, or,
+    when 0, what the descriptor limit allows once raised to its hard limit,
+    less a tenth (at least 32) for the files, logs and pipes the process
+    also opens.  A request above that is lowered to it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    budget = max(1, soft - max(32, soft // 10))
+    if requested > budget:
+        log.warn(
+            "--max-sockets {requested} is above what {limit} descriptors allow: using {budget}",
+            requested=requested,
+            limit=soft,
+            budget=budget,
+        )
+    return min(requested, budget) if requested else budget
+
+
+@implementer(IStreamServerEndpoint)
+class _Listening:
+    """An endpoint that hands the port it listens on to ``listening``."""
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, listening: Callable[[IListeningPort], None]
+    ) -> None:
+        self._endpoint = endpoint
+        self._listening = listening
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._listening(port)
+            return port
+
+        return self._endpoint.listen(factory).addCallback(listening)
 
 
 def makeService(config: Options, reactor: IReactorCore | None = None) -> IService:
@@ -190,8 +324,15 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         addresses=AddressLimits(
             config["max-per-ip"], config["connects-per-minute"], config["max-connections"]
         ),
-        reports=Reports(clock.seconds, threshold=config["ban-reports"], ban_seconds=ban_seconds),
+        reports=Reports(
+            clock.seconds,
+            threshold=config["ban-reports"],
+            ban_seconds=ban_seconds,
+            min_chat_seconds=config["report-min-chat"],
+            bans_per_reporter=config["bans-per-reporter"],
+        ),
         trust_proxy=config["trust-proxy"],
+        hosts=PublicHosts(tuple(config["public-host"])),
     )
     lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
     lobby.setServiceParent(parent)
@@ -208,11 +349,22 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         limits=limits,
         reactor=reactor,
     )
-    site = make_site(lobby, config["web-root"], factory, config["handshake-timeout"])
+    per_address = config["max-sockets-per-ip"]
+    if per_address is None:
+        per_address = 0 if config["trust-proxy"] else MAX_SOCKETS_PER_ADDRESS
+    sockets = SocketLimits(per_address, socket_budget(config["max-sockets"]))
+    site = make_site(
+        lobby,
+        config["web-root"],
+        factory,
+        config["handshake-timeout"],
+        response_timeout=config["response-timeout"],
+        sockets=sockets,
+    )
     # TCP connections that send at once when nothing is buffered: one
     # syscall per relayed message instead of a loop turn and three.
     endpoint = endpoints.serverFromString(direct_tcp(reactor), config["port"])
-    listener = StreamServerEndpointService(endpoint, site)
+    listener = StreamServerEndpointService(_Listening(endpoint, site.listening), site)
     # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
     listener._raiseSynchronously = True
     listener.setServiceParent(parent)

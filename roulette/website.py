@@ -4,22 +4,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web import http, pages, resource, server, static
 from twisted.web.iweb import IRequest
 
+from roulette.abuse import SocketLimits, request_scheme, socket_key
+from roulette.logs import Tally, excerpt
 from roulette.server import Lobby, RouletteFactory
 
 log = Logger()
@@ -27,12 +30,23 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 
 #: Seconds from TCP accept until a request (or the WebSocket upgrade) is in.
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds from a request's arrival until its response has been written.
+RESPONSE_TIMEOUT = 30.0
+#: TCP connections of any kind one address may hold open (IPv6: per /64).
+MAX_SOCKETS_PER_ADDRESS = 64
 
 #: A request line that opens the WebSocket (the handshake checks the rest).
 _UPGRADE_LINE = re.compile(rb"GET /ws(?:\?[^ ]*)? HTTP/1\.1\r?\n")
-_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_OPEN = WebSocketProtocol.STATE_OPEN
 #: Bytes read, at most, while looking for the end of the request line.
 _MAX_REQUEST_LINE = 4096
+#: The limits twisted.web puts on a request's head, on both paths: bytes of
+#: the request line and headers together, and header lines.
+MAX_HEADER_BYTES = http.HTTPChannel.totalHeadersSize
+MAX_HEADERS = http.HTTPChannel.maxHeaders
+#: Methods the site serves; anything else is refused before its body is read.
+_METHODS = (b"GET", b"HEAD")
+_BODY_HEADER = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r]*)")
 
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -51,10 +65,14 @@ def default_web_root() -> Path:
 
 
 class StaticFiles(static.File):
-    """Static files without directory listings."""
+    """Static files without directory listings, and only regular files inside
+    the web root: no names starting with a dot, no symbolic link leading out
+    of the root, no device or pipe."""
 
     childNotFound = pages.notFound("No Such Resource", "File not found.")
     forbidden = pages.forbidden("Forbidden", "Access to this resource is forbidden.")
+    #: The web root with every symbolic link resolved.
+    _root: str | None = None
 
     def directoryListing(self) -> resource.IResource:
         return pages.notFound("No Such Resource", "No such page.")
@@ -62,7 +80,36 @@ class StaticFiles(static.File):
     def createSimilarFile(self, path: str) -> static.File:
         f = super().createSimilarFile(path)
         f.__class__ = StaticFiles
+        f._root = self._root_path()
         return f
+
+    def _root_path(self) -> str:
+        if self._root is None:
+            self._root = os.path.realpath(self.path)
+        return self._root
+
+    def getChild(self, path: bytes, request: IRequest) -> resource.IResource:
+        if path.startswith(b"."):
+            return self.childNotFound
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound
+        child = super().getChild(path, request)
+        if isinstance(child, StaticFiles) and not self._servable(child.path):
+            return self.childNotFound
+        return child
+
+    def _servable(self, path: str) -> bool:
+        root = self._root_path()
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            return False
+        try:
+            mode = os.stat(real).st_mode
+        except OSError:
+            return True  # nothing there: static.File answers 404
+        return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 class Health(resource.Resource):
@@ -81,56 +128,151 @@ class Health(resource.Resource):
 
 
 class DeadlineChannel(http.HTTPChannel):
-    """An HTTP connection with an absolute deadline for each request.
+    """An HTTP connection with an absolute deadline in every phase.
 
     Twisted's idle timeout restarts with every byte, so a client dripping a
     header line every few seconds would hold a connection forever.  Here the
-    clock starts when the connection is accepted (or the previous response is
-    done, for keep-alive) and stops only when a whole request, body included,
-    has arrived; a WebSocket upgrade is finished by then.
+    connection's one :class:`Deadline` (started by :class:`FirstRequest` when
+    the connection was accepted, and not restarted when the request line is
+    in) runs until a whole request has arrived; then ``response_timeout``
+    runs until its response is written; then ``handshake_timeout`` again,
+    until the next request is in (keep-alive) or the client has read the last
+    response and the connection is closed.
+
+    The site serves GET and HEAD only, without bodies: a request with another
+    method (405) or with a body (413) is refused as soon as its headers are
+    in, before any of the body is read, and the connection is closed.
     """
 
     handshake_timeout = HANDSHAKE_TIMEOUT
+    response_timeout = RESPONSE_TIMEOUT
+    #: The connection's :class:`FirstRequest`, which handed it over.
+    first: FirstRequest | None = None
+    deadline: Deadline | None = None
+    #: Where bytes go once ``/ws`` has taken the connection over.
+    _websocket: protocol.Protocol | None = None
+    _refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._deadline = Deadline("no complete request")
-        self._arm()
+        if self.deadline is None:  # not behind a FirstRequest
+            self.deadline = Deadline(getattr(self.factory, "tally", None))
+            self._arm(self.handshake_timeout, "no complete request")
+
+    def allHeadersReceived(self) -> None:
+        code = self._refusal()
+        if code is not None:
+            self._refuse(code)
+            return
+        super().allHeadersReceived()
+
+    def _refusal(self) -> int | None:
+        if self._command not in _METHODS:
+            return 405
+        if self.length != 0:  # a Content-Length above 0, or chunked
+            return 413
+        return None
+
+    def _refuse(self, code: int) -> None:
+        self._refused = True
+        # Whatever else arrives (the body, more requests) is not read.
+        self.dataReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
+        self._transferDecoder = None
+        tally = getattr(self.factory, "tally", None)
+        if tally is not None:
+            tally.note(
+                f"refused {code}",
+                "refused a request with {why} ({code}) from {peer}",
+                why="a body" if code == 413 else "a method other than GET or HEAD",
+                code=code,
+                peer=_peer(self.transport),
+            )
+        self.transport.write(_refusal_response(code))
+        self.loseConnection()
 
     def allContentReceived(self) -> None:
-        self._deadline.disarm()
+        if self._refused:
+            return
+        self._arm(self.response_timeout, "response not taken")
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:
-        # Armed first: a pipelined request already buffered disarms it again.
-        self._arm()
+        # Armed first: a pipelined request already buffered re-arms it.
+        if self.persistent:
+            self._arm(self.handshake_timeout, "no complete request")
+        else:
+            self._arm(self.handshake_timeout, "response not taken")
         super().requestDone(request)
 
+    def rawDataReceived(self, data: bytes) -> None:
+        websocket = self._websocket
+        if websocket is not None:
+            # The rest of a read in which /ws took the connection over.
+            websocket.dataReceived(data)
+            return
+        super().rawDataReceived(data)
+
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._deadline.disarm()
+        if self.deadline is not None:
+            self.deadline.disarm()
         super().connectionLost(reason)
 
-    def _arm(self) -> None:
-        self._deadline.arm(self.callLater, self.handshake_timeout, self.transport)
+    def _arm(self, timeout: float, why: str) -> None:
+        if self.deadline is not None:
+            self.deadline.arm(self.callLater, timeout, self.transport, why)
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _peer(transport: Any) -> str:
+    peer = transport.getPeer() if transport is not None else None
+    return str(getattr(peer, "host", None) or peer)
+
+
+_REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def _refusal_response(code: int) -> bytes:
+    """A complete response that refuses a request and closes the connection."""
+    allow = b"Allow: GET, HEAD\r\n" if code == 405 else b""
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n" % (
+        code,
+        _REASONS[code],
+        allow,
+    )
 
 
 class Deadline:
-    """A connection's deadline: when it passes, the connection is aborted."""
+    """A connection's deadline: when it passes, the connection is aborted.
 
-    __slots__ = ("_call", "_why")
+    Connections dropped this way are logged through a :class:`Tally`: at
+    most one line a minute for each reason, whatever their number.
+    """
 
-    def __init__(self, why: str) -> None:
-        self._why = why
+    __slots__ = ("_call", "_tally")
+
+    def __init__(self, tally: Tally | None = None) -> None:
+        self._tally = tally
         self._call: IDelayedCall | None = None
 
     @property
     def armed(self) -> bool:
         return self._call is not None
 
-    def arm(self, call_later: Callable[..., IDelayedCall], timeout: float, transport: Any) -> None:
+    def arm(
+        self, call_later: Callable[..., IDelayedCall], timeout: float, transport: Any, why: str
+    ) -> None:
         self.disarm()
         if timeout > 0:
-            self._call = call_later(timeout, self._expire, transport, timeout)
+            self._call = call_later(timeout, self._expire, transport, timeout, why)
 
     def disarm(self) -> None:
         if self._call is not None:
@@ -138,25 +280,52 @@ class Deadline:
                 self._call.cancel()
             self._call = None
 
-    def _expire(self, transport: Any, timeout: float) -> None:
+    def _expire(self, transport: Any, timeout: float, why: str) -> None:
         self._call = None
         if transport is None:
             return
-        log.info(
-            "dropping {peer}: {why} within {timeout} s",
-            peer=transport.getPeer(),
-            why=self._why,
-            timeout=timeout,
-        )
+        fields = {"peer": _peer(transport), "why": why, "timeout": timeout}
+        if self._tally is not None:
+            self._tally.note(
+                f"deadline: {why}", "dropping {peer}: {why} within {timeout} s", **fields
+            )
+        else:
+            log.info("dropping {peer}: {why} within {timeout} s", **fields)
         transport.abortConnection()
 
 
+def _for_public_host(request: server.Request) -> bool:
+    """Whether the request's ``Host`` names the server (``--public-host``).
+
+    Twisted would answer a request with two ``Host`` lines by the last one;
+    here such a request, like one without any, names no public host.
+    """
+    factory = getattr(request.channel.site, "websocket", None)
+    gate = getattr(getattr(factory, "lobby", None), "gate", None)
+    if gate is None or not gate.hosts:
+        return True
+    headers = request.requestHeaders
+    hosts = headers.getRawHeaders(b"host") or []
+    host = hosts[0].decode("latin-1") if len(hosts) == 1 else None
+    protos = [p.decode("latin-1") for p in headers.getRawHeaders(b"x-forwarded-proto") or []]
+    scheme = request_scheme(request.isSecure(), protos, gate.trust_proxy)
+    return gate.hosts.allows(host, scheme)
+
+
 class SecureRequest(server.Request):
-    """A request whose every response carries the page's security headers."""
+    """A request whose every response carries the page's security headers,
+    and no ``Server`` header naming the software and its version."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
+            return
+        super().setHeader(name, value)
 
     def process(self) -> None:
+        public = _for_public_host(self)
         host = (self.getHeader(b"host") or b"").decode("latin-1")
-        sockets = f" ws://{host} wss://{host}" if _HOST.fullmatch(host) else ""
+        # A refused Host is not echoed, not even in the policy.
+        sockets = f" ws://{host} wss://{host}" if public and _HOST.fullmatch(host) else ""
         headers = self.responseHeaders
         headers.setRawHeaders(
             b"Content-Security-Policy",
@@ -173,13 +342,27 @@ class SecureRequest(server.Request):
         headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
         headers.setRawHeaders(b"Referrer-Policy", [b"no-referrer"])
         headers.setRawHeaders(b"X-Frame-Options", [b"DENY"])
+        if not public:
+            body = b"Misdirected request: this server does not answer for that host.\n"
+            self.setResponseCode(421, b"Misdirected Request")
+            self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.setHeader(b"Cache-Control", b"no-store")
+            self.write(body)
+            self.finish()
+            return
         super().process()
 
 
 class RouletteSite(server.Site):
-    """The one site: deadlines on every connection, security headers on every
-    response, and connections that open with the WebSocket upgrade handed to
-    Autobahn directly (see :class:`FirstRequest`)."""
+    """The one site: caps on open connections, deadlines on every connection,
+    security headers on every response, and connections that open with the
+    WebSocket upgrade handed to Autobahn directly (see :class:`FirstRequest`).
+
+    When as many connections are open as ``sockets`` allows in all, the
+    listening ports stop accepting (new connections wait in the kernel's
+    backlog) until one closes.
+    """
 
     protocol = DeadlineChannel  # type: ignore[assignment]
     requestFactory = SecureRequest
@@ -189,69 +372,295 @@ class RouletteSite(server.Site):
         root: resource.IResource,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         websocket: RouletteFactory | None = None,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        sockets: SocketLimits | None = None,
     ) -> None:
-        super().__init__(root)
+        super().__init__(root, logFormatter=access_log_line)
         self.handshake_timeout = handshake_timeout
+        self.response_timeout = response_timeout
         self.websocket = websocket
+        self.sockets = sockets if sockets is not None else SocketLimits(0, 0)
+        self.tally = websocket.tally if websocket is not None else Tally(self.reactor)
+        self._ports: list[IListeningPort] = []
+        self._paused = False
 
     def buildProtocol(self, addr: object) -> FirstRequest:  # type: ignore[override]
         return FirstRequest(self, addr)
 
-    def http_channel(self, addr: object) -> DeadlineChannel:
+    def http_channel(self, addr: object, first: FirstRequest) -> DeadlineChannel:
         channel = super().buildProtocol(addr)
         channel.handshake_timeout = self.handshake_timeout
+        channel.response_timeout = self.response_timeout
+        channel.first = first
+        channel.deadline = first.deadline
         return channel
+
+    # -- open connections --------------------------------------------------------
+
+    def listening(self, port: IListeningPort) -> None:
+        """Pause and resume ``port`` with the cap on open connections."""
+        self._ports.append(port)
+        if self._paused:
+            _stop_accepting(port)
+
+    def open_socket(self, key: str | None, peer: str) -> bool:
+        """Count a new connection from ``key``; whether it may stay open."""
+        sockets = self.sockets
+        refused = sockets.open(key)
+        if refused == "address":
+            self.tally.note(
+                "sockets per address",
+                "refusing connections from {peer}: it holds {n} open (--max-sockets-per-ip)",
+                peer=peer,
+                n=sockets.max_per_address,
+            )
+            return False
+        if refused == "total":
+            self.tally.note(
+                "sockets in all",
+                "refusing a connection from {peer}: {n} are open (--max-sockets)",
+                peer=peer,
+                n=sockets.total,
+            )
+        if sockets.full and not self._paused:
+            self._paused = True
+            self.tally.note(
+                "accepting paused",
+                "{n} connections open, the most allowed (--max-sockets): "
+                "accepting no more until one closes",
+                n=sockets.total,
+            )
+            for port in self._ports:
+                _stop_accepting(port)
+        return refused is None
+
+    def close_socket(self, key: str | None) -> None:
+        self.sockets.close(key)
+        if self._paused and not self.sockets.full:
+            self._paused = False
+            for port in self._ports:
+                _start_accepting(port)
+
+
+def _stop_accepting(port: IListeningPort) -> None:
+    # Twisted's ports are file descriptors the reactor reads to accept.
+    stop = getattr(port, "stopReading", None)
+    if stop is not None:
+        stop()
+
+
+def _start_accepting(port: IListeningPort) -> None:
+    start = getattr(port, "startReading", None)
+    if start is not None and getattr(port, "connected", False):
+        start()
+
+
+def access_log_line(timestamp: str, request: IRequest) -> str:
+    """The combined log format, with every field a client chose cut short
+    and escaped."""
+    address = request.getClientAddress()
+    return '"{}" - - {} "{} {} {}" {} {} "{}" "{}"'.format(
+        excerpt(getattr(address, "host", "-")),
+        timestamp,
+        excerpt(request.method),
+        excerpt(request.uri),
+        excerpt(request.clientproto),
+        int(request.code),
+        request.sentLength or "-",
+        excerpt(request.getHeader(b"referer") or "-"),
+        excerpt(request.getHeader(b"user-agent") or "-"),
+    )
+
+
+class WebSocketEntry(resource.Resource):
+    """``/ws`` reached through the site: after a keep-alive request, or with a
+    request line that the direct path does not take (``/ws/``, say).
+
+    The connection is handed to Autobahn through its :class:`FirstRequest`,
+    which keeps counting it and delivering its bytes.  RFC 6455 requires
+    HTTP/1.1 or later: an older request is refused (426).
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes | int:
+        channel = request.channel  # type: ignore[attr-defined]
+        first = getattr(channel, "first", None)
+        if request.clientproto != b"HTTP/1.1" or first is None:
+            request.setResponseCode(426)
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Connection", b"close")
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"A WebSocket needs an HTTP/1.1 upgrade request.\n"
+        first.upgrade(request, channel)
+        return server.NOT_DONE_YET
 
 
 class FirstRequest(protocol.Protocol):
-    """Reads a connection's request line, then hands the connection over.
+    """Every connection's outermost protocol.
+
+    It holds the connection's place under the caps on open connections
+    (:meth:`RouletteSite.open_socket`) and its :class:`Deadline` from accept
+    on, reads its request line, and hands the connection over.
 
     Nearly every connection to ``/ws`` opens with the upgrade, and Autobahn
     parses that request itself: the connection goes straight to it, sparing
     twisted.web's request, resource lookup and response headers, a third of
-    the cost of accepting a chat.  Every other connection goes to the site's
-    HTTP channel, where ``/ws`` is still served (after a keep-alive request,
-    say).  The deadline runs from accept until the WebSocket is open; an HTTP
-    channel gets its own once the request line is in.
+    the cost of accepting a chat.  Its head is read here first, with the
+    limits twisted.web applies (:data:`MAX_HEADER_BYTES`,
+    :data:`MAX_HEADERS`, 431), and an upgrade with a body is refused (413)
+    before the body is read.  Every other connection goes to the site's HTTP
+    channel, where ``/ws`` is still served (:class:`WebSocketEntry`).  The
+    deadline runs until the WebSocket is open.
     """
 
     _inner: protocol.Protocol | None = None
+    #: Whether this connection holds a place under the caps.
+    _counted = False
+    _key: str | None = None
+    #: Reading the head of an upgrade for the direct path.
+    _reading_head = False
+    #: Refused: nothing more is read.
+    _done = False
 
     def __init__(self, site: RouletteSite, addr: object) -> None:
         self._site = site
         self._addr = addr
         self._buffer = b""
-        self._deadline = Deadline("no WebSocket opened")
+        self._scanned = 0
+        self.deadline = Deadline(site.tally)
 
     def connectionMade(self) -> None:
         site = self._site
-        self._deadline.arm(site.reactor.callLater, site.handshake_timeout, self.transport)
+        peer = _peer(self.transport)
+        key = socket_key(peer)
+        if not site.open_socket(key, peer):
+            self._done = True
+            self.transport.abortConnection()
+            return
+        self._counted = True
+        self._key = key
+        self.deadline.arm(
+            site.reactor.callLater, site.handshake_timeout, self.transport, "no complete request"
+        )
 
     def dataReceived(self, data: bytes) -> None:
         inner = self._inner
         if inner is not None:
             inner.dataReceived(data)
-            if self._deadline.armed and getattr(inner, "state", None) != _CONNECTING:
-                self._deadline.disarm()
+            return
+        if self._done:
             return
         self._buffer += data
+        if self._reading_head:
+            self._read_head()
+            return
         if b"\n" not in self._buffer and len(self._buffer) < _MAX_REQUEST_LINE:
             return
         site = self._site
         if site.websocket is not None and _UPGRADE_LINE.match(self._buffer):
-            inner = site.websocket.buildProtocol(self._addr)
-        else:
-            self._deadline.disarm()
-            inner = site.http_channel(self._addr)
+            self._reading_head = True
+            self._read_head()
+            return
+        inner = site.http_channel(self._addr, self)
         self._inner = inner
         inner.makeConnection(self.transport)
         buffered, self._buffer = self._buffer, b""
-        self.dataReceived(buffered)
+        inner.dataReceived(buffered)
+
+    def _read_head(self) -> None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        if end < 0:
+            self._scanned = len(buffer)
+            if len(buffer) > MAX_HEADER_BYTES:
+                self._refuse(431, "headers too large")
+            return
+        end += 4
+        head, rest = buffer[:end], buffer[end:]
+        self._buffer = b""
+        if end > MAX_HEADER_BYTES:
+            self._refuse(431, "headers too large")
+            return
+        if head.count(b"\n") - 2 > MAX_HEADERS:
+            self._refuse(431, "too many headers")
+            return
+        for name, value in _BODY_HEADER.findall(head):
+            value = value.strip()
+            if name.lower() == b"transfer-encoding" or not value.isdigit():
+                self._refuse(413 if name.lower() == b"transfer-encoding" else 400, "a body")
+                return
+            if int(value):
+                self._refuse(413, "a body")
+                return
+        websocket = self._site.websocket
+        assert websocket is not None
+        inner = websocket.buildProtocol(self._addr)
+        self._inner = inner
+        inner.makeConnection(self.transport)
+        # The head alone first: Autobahn reads what follows it as frames, and
+        # those go through the protocol's own reading, a slice at a time.
+        inner.dataReceived(head)
+        if rest and inner.state == _OPEN:
+            inner.dataReceived(rest)
+        self._opened(inner)
+
+    def _refuse(self, code: int, why: str) -> None:
+        self._done = True
+        self._buffer = b""
+        self._site.tally.note(
+            f"refused {code}",
+            "refused an upgrade with {why} ({code}) from {peer}",
+            why=why,
+            code=code,
+            peer=_peer(self.transport),
+        )
+        self.transport.write(_refusal_response(code))
+        # The deadline still runs: a client that never reads this is dropped.
+        self.transport.loseConnection()
+
+    def upgrade(self, request: IRequest, channel: DeadlineChannel) -> None:
+        """Hand the connection from the site's ``channel`` to Autobahn, which
+        reads ``request`` again, as it came."""
+        websocket = self._site.websocket
+        assert websocket is not None
+        channel.setTimeout(None)
+        buffered = b"".join(channel._dataBuffer)
+        channel._dataBuffer = []
+        inner = websocket.buildProtocol(self._addr)
+        channel._websocket = inner
+        self._inner = inner
+        inner.makeConnection(self.transport)
+        # The channel stops reading while it serves a request.
+        self.transport.resumeProducing()
+        inner.dataReceived(_request_head(request))
+        if buffered and inner.state == _OPEN:
+            inner.dataReceived(buffered)
+        self._opened(inner)
+
+    def _opened(self, inner: Any) -> None:
+        """Once the WebSocket is open, its deadline is over and its bytes go
+        straight to it.  One whose handshake failed is closing: the deadline
+        still runs, and drops it if the client never reads the refusal."""
+        if inner.state == _OPEN:
+            self.deadline.disarm()
+            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._deadline.disarm()
+        self.deadline.disarm()
+        if self._counted:
+            self._counted = False
+            self._site.close_socket(self._key)
         if self._inner is not None:
             self._inner.connectionLost(reason)
+
+
+def _request_head(request: IRequest) -> bytes:
+    """A request's line and headers, as Autobahn reads a handshake."""
+    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]  # type: ignore[attr-defined]
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        lines.extend(name + b": " + value for value in values)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def make_site(
@@ -259,9 +668,17 @@ def make_site(
     web_root: Path,
     factory: RouletteFactory,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
-) -> server.Site:
+    response_timeout: float = RESPONSE_TIMEOUT,
+    sockets: SocketLimits | None = None,
+) -> RouletteSite:
     """One site: the page at ``/``, the WebSocket at ``/ws``, counts at ``/healthz``."""
     root = StaticFiles(FilePath(str(web_root)).path)
-    root.putChild(b"ws", WebSocketResource(factory))
+    root.putChild(b"ws", WebSocketEntry())
     root.putChild(b"healthz", Health(lobby))
-    return RouletteSite(root, handshake_timeout, websocket=factory)
+    return RouletteSite(
+        root,
+        handshake_timeout,
+        websocket=factory,
+        response_timeout=response_timeout,
+        sockets=sockets,
+    )

@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from roulette.core import AlreadyConnected, MemoryMatchmaker, Stats
+from roulette.core import AlreadyConnected, MemoryMatchmaker, ReportedChat, Stats
 
 
 def make(cooldown: float = 60.0, seed: int = 1) -> tuple[MemoryMatchmaker, FakeClock]:
@@ -258,6 +258,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         # Clients come from a few addresses; a report keeps two apart for good.
         self.identity: dict[RecordingPeer, str] = {}
         self.never: set[frozenset[str]] = set()
+        # When each current chat began, and who has sent a message in it.
+        self.paired_at: dict[RecordingPeer, float] = {}
+        self.sent: set[RecordingPeer] = set()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -278,6 +281,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 assert ids not in self.never, f"{p} and {q} paired after a report"
                 self.partner[p] = q
                 self.partner[q] = p
+                self.paired_at[p] = self.paired_at[q] = self.clock.now
+                self.sent -= {p, q}
                 assert p.events[-1] == ("paired",) and q.events[-1] == ("paired",)
 
     def _end(self, p: RecordingPeer, record_cooldown: bool) -> RecordingPeer | None:
@@ -328,7 +333,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
             assert reported is None
             assert p.events == []
             return
-        assert reported == self.identity[q]
+        assert reported == ReportedChat(
+            q, self.identity[q], self.clock.now - self.paired_at[q], q in self.sent
+        )
         if self.identity[p] != self.identity[q]:
             self.never.add(frozenset((self.identity[p], self.identity[q])))
         self._end(p, record_cooldown=True)
@@ -371,6 +378,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
         delivered = self.mm.relay_message(p, text)
         q = self.partner.get(p)
         assert delivered == (q is not None)
+        if delivered:
+            self.sent.add(p)
         for other in self.online + self.gone:
             expected = [("message", text)] if other is q else []
             assert other.events == expected, f"{other} got {other.events}"
@@ -468,7 +477,7 @@ def test_report_ends_chat_and_keeps_the_two_addresses_apart_for_good() -> None:
     mm.connect(a, "ip-a")
     mm.connect(b, "ip-b")
     a.take(), b.take()
-    assert mm.report(a) == "ip-b"
+    assert mm.report(a) == ReportedChat(b, "ip-b", 0.0, False)
     assert b.take() == [("partner_left",)]
     assert a.take() == [("waiting",)]
     clock.now += 10_000  # long after any cooldown
@@ -489,7 +498,7 @@ def test_report_between_people_on_one_address_keeps_that_address_pairing() -> No
     a, b = peers("a", "b")
     mm.connect(a, "nat")
     mm.connect(b, "nat")
-    assert mm.report(a) == "nat"
+    assert mm.report(a) == ReportedChat(b, "nat", 0.0, False)
     clock.now += 61
     mm.next(b)
     assert mm.partner_of(a) is b  # after the cooldown, as for any chat
@@ -502,3 +511,59 @@ def test_report_without_partner_does_nothing() -> None:
     a.take()
     assert mm.report(a) is None
     assert a.take() == [] and mm.is_waiting(a)
+
+
+def test_report_tells_how_long_the_chat_lasted_and_whether_the_partner_spoke() -> None:
+    mm, clock = make(cooldown=0)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "ip-a")
+    clock.now += 100  # waiting is not chatting
+    mm.connect(b, "ip-b")
+    clock.now += 7.5
+    mm.relay_message(a, "hi")  # the reporter spoke; the reported did not
+    mm.relay_typing(b, True)  # typing is not a message
+    chat = mm.report(a)
+    assert chat == ReportedChat(partner=b, identity="ip-b", seconds=7.5, partner_sent=False)
+    mm.stop(a)
+    # A new chat starts from nothing: b meets c and says something at once.
+    mm.connect(c, "ip-c")
+    mm.next(b)
+    assert mm.partner_of(b) is c
+    clock.now += 0.25
+    mm.relay_message(b, "buy my stuff")
+    assert mm.report(c) == ReportedChat(b, "ip-b", 0.25, True)
+    mm.stop(c)
+    # What b said in that chat is not held against it in the next one.
+    mm.next(b)
+    mm.connect(d := RecordingPeer("d"), "ip-d")
+    assert mm.partner_of(d) is b
+    assert mm.report(d) == ReportedChat(b, "ip-b", 0.0, False)
+
+
+def test_a_chat_that_began_when_a_cooldown_ran_out_is_timed_from_then() -> None:
+    mm, clock = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a, "ip-a")
+    mm.connect(b, "ip-b")
+    mm.next(a)
+    mm.next(b)  # both wait, apart, until 1060
+    clock.now = 1090  # the shell woke late; the pair forms now
+    mm.advance()
+    assert mm.partner_of(a) is b
+    clock.now = 1092
+    chat = mm.report(b)
+    assert chat is not None and chat.seconds == 2.0 and chat.partner is a
+
+
+def test_chat_bookkeeping_is_forgotten_when_chats_end() -> None:
+    mm, _ = make(cooldown=0)
+    a, b, c = peers("a", "b", "c")
+    for p in (a, b, c):
+        mm.connect(p)
+    mm.relay_message(a, "hi")
+    mm.relay_message(b, "hello")
+    mm.stop(a)
+    mm.next(b)  # b meets c
+    mm.relay_message(c, "hey")
+    mm.disconnect(c)
+    assert mm._paired_at == {} and mm._sent == set()

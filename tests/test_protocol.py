@@ -523,10 +523,12 @@ async def test_three_reporters_ban_the_address() -> None:
         bad2.send({"type": "stop"})  # bad2 stays idle; bad looks again
         bad.send({"type": "next"})
         h.pump()
-        for n in range(3):
-            reporter = await h.connect({"X-Forwarded-For": f"203.0.113.{n}"})
+        for n in range(3):  # three networks
+            reporter = await h.connect({"X-Forwarded-For": f"203.0.{113 + n}.1"})
             h.pump()
             assert {"type": "paired"} in reporter.events, n
+            bad.send({"type": "message", "text": "buy now"})
+            h.pump()
             reporter.send({"type": "report", "reason": "spam"})
             h.pump()
             if n < 2:
@@ -538,6 +540,92 @@ async def test_three_reporters_ban_the_address() -> None:
             assert {"type": "banned", "until": until} in victim.events
             assert victim.closed is not None and victim.closed[1] == 1008
         assert h.lobby.banned_until(h.lobby.gate.hasher("198.51.100.66")) == until
+    finally:
+        await h.close()
+
+
+async def reported(
+    h: Harness, bad: Client, reporters: list[str], say: str | None = None, wait: float = 0.0
+) -> None:
+    """``bad`` waits, alone in the queue; each reporter meets it, hears ``say``
+    from it (if anything), waits ``wait`` seconds, reports it and goes idle;
+    ``bad`` looks again unless it has been closed."""
+    for host in reporters:
+        reporter = await h.connect({"X-Forwarded-For": host})
+        assert {"type": "paired"} in reporter.take()
+        if say is not None:
+            bad.send({"type": "message", "text": say})
+            h.pump()
+            assert {"type": "message", "text": say} in reporter.take()
+        h.tick(wait)
+        reporter.send({"type": "report"})
+        reporter.send({"type": "stop"})
+        h.pump()
+        if bad.closed is None:
+            bad.send({"type": "next"})
+            h.pump()
+
+
+def was_banned(client: Client) -> bool:
+    return any(e["type"] == "banned" for e in client.events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reporting_a_silent_partner_at_once_bans_nobody() -> None:
+    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
+    h.lobby.gate.trust_proxy = 1
+    try:
+        quiet = await h.connect({"X-Forwarded-For": "192.0.2.10"})
+        await reported(h, quiet, ["203.0.113.1", "198.51.100.1", "100.64.0.1"])
+        assert not was_banned(quiet) and quiet.closed is None
+        assert h.lobby.banned_until(*h.lobby.gate.hasher.keys("192.0.2.10").scopes) is None
+        # Chats that last long enough count, silent or not.
+        await reported(h, quiet, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], wait=5.0)
+        assert was_banned(quiet) and quiet.closed is not None and quiet.closed[1] == 1008
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reporters_in_one_network_ban_nobody() -> None:
+    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
+    h.lobby.gate.trust_proxy = 1
+    try:
+        bad = await h.connect({"X-Forwarded-For": "192.0.2.10"})
+        one_24 = [f"203.0.113.{n}" for n in range(1, 6)]
+        one_48 = [f"2001:db8:77:{n}::1" for n in range(1, 6)]
+        await reported(h, bad, one_24 + one_48, say="spam")
+        assert not was_banned(bad) and bad.closed is None
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeat_ipv6_ban_widens_to_the_56() -> None:
+    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
+    h.lobby.gate.trust_proxy = 1
+    try:
+        # Idle bystanders: one in the same /56, one in another /56 of the /48.
+        near = await h.connect({"X-Forwarded-For": "2001:db8:1:2::1"})
+        near.send({"type": "stop"})
+        far = await h.connect({"X-Forwarded-For": "2001:db8:1:100::1"})
+        far.send({"type": "stop"})
+        h.pump()
+        bad = await h.connect({"X-Forwarded-For": "2001:db8:1:1::1"})
+        await reported(h, bad, ["203.0.113.1", "198.51.100.1", "100.64.0.1"], say="spam")
+        assert was_banned(bad) and bad.closed is not None
+        assert not was_banned(near) and near.closed is None  # the first ban: the /64 only
+        # Back from another /64 of the /56, and reported again.
+        back = await h.connect({"X-Forwarded-For": "2001:db8:1:3::1"})
+        await reported(h, back, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], say="spam")
+        until = int(h.clock.seconds() + 1200)
+        for victim in (back, near):
+            assert {"type": "banned", "until": until} in victim.events
+            assert victim.closed is not None and victim.closed[1] == 1008
+        assert not was_banned(far) and far.closed is None
+        keys = h.lobby.gate.hasher.keys
+        assert h.lobby.banned_until(*keys("2001:db8:1:ff::1").scopes) == until
+        assert h.lobby.banned_until(*keys("2001:db8:1:100::1").scopes) is None
     finally:
         await h.close()
 

@@ -18,22 +18,25 @@ from pathlib import Path
 
 import pytest
 import websockets
-from support import RunningServer, run_async, self_signed, wait_until
+from support import RunningServer, free_port, run_async, self_signed, wait_until
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 
 
 def upgrade_request(port: int, path: str = "/ws", headers: dict[str, str] | None = None) -> bytes:
+    """An upgrade to 127.0.0.1:``port``; a ``Host`` in ``headers`` replaces that one."""
     key = base64.b64encode(os.urandom(16)).decode()
+    headers = dict(headers or {})
+    host = headers.pop("Host", f"127.0.0.1:{port}")
     lines = [
         f"GET {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
+        f"Host: {host}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        *(f"{k}: {v}" for k, v in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -59,6 +62,21 @@ def status_of(port: int, headers: dict[str, str] | None = None, prefix: bytes = 
     sock, status, _ = raw_upgrade(port, headers, prefix)
     sock.close()
     return status
+
+
+def http_get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    """``GET path`` over a raw socket, with this ``Host`` (``None``: an HTTP/1.0
+    request without one); return the status and the whole response."""
+    if host is None:
+        request = f"GET {path} HTTP/1.0\r\n\r\n"
+    else:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode("latin-1"))
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    return int(response.split(b" ", 2)[1]), response
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:
@@ -146,6 +164,58 @@ def test_origin_check(server: RunningServer) -> None:
     assert status_of(port, {"Origin": f"http://127.0.0.1:{port + 1}"}) == 403
     assert status_of(port, {"Origin": "http://chat.friends.example"}) == 403  # wrong scheme
     assert status_of(port, {"Origin": "null"}) == 403
+    # A Host without a port is port 80 over http, not whatever the Origin says.
+    assert status_of(port, {"Host": "127.0.0.1", "Origin": "http://127.0.0.1:6666"}) == 403
+    assert status_of(port, {"Host": "127.0.0.1", "Origin": f"http://127.0.0.1:{port}"}) == 403
+    # The scheme is the connection's: this server speaks plain HTTP.
+    assert status_of(port, {"Origin": f"https://127.0.0.1:{port}"}) == 403
+    assert status_of(port, {"Origin": f"ws://127.0.0.1:{port}"}) == 403
+    # Without --trust-proxy, X-Forwarded-Proto is the client's word only.
+    forged = {"Origin": f"https://127.0.0.1:{port}", "X-Forwarded-Proto": "https"}
+    assert status_of(port, forged) == 403
+    assert status_of(port, {"Origin": f"HTTP://127.0.0.1:{port}"}) == 101  # case
+    assert status_of(port, {"Host": "127.0.0.1:80", "Origin": "http://127.0.0.1"}) == 101
+
+
+def test_public_host_refuses_every_other_host_with_421() -> None:
+    port = free_port()
+    with RunningServer(port, "--public-host", f"127.0.0.1:{port}") as running:
+        assert running.health()["online"] == 0  # urllib names 127.0.0.1:PORT
+        # evil.example's DNS answers 127.0.0.1: Host and Origin agree.
+        rebound = {
+            "Host": f"rebind.evil.example:{port}",
+            "Origin": f"http://rebind.evil.example:{port}",
+        }
+        sock, status, head = raw_upgrade(port, rebound)
+        sock.close()
+        assert status == 421
+        assert b"rebind" not in head
+        assert status_of(port, {"Host": "127.0.0.1", "Origin": "http://127.0.0.1"}) == 421
+        for path in ("/", "/healthz", "/index.html"):
+            status, response = http_get(port, path, f"rebind.evil.example:{port}")
+            assert status == 421, path
+            assert b"rebind" not in response
+            assert b"text/plain" in response.split(b"\r\n\r\n", 1)[0]
+        for path in ("/", "/healthz", "/ws"):
+            assert http_get(port, path, None)[0] == 421, path  # HTTP/1.0, no Host
+        assert http_get(port, "/", f"127.0.0.1:{port}")[0] == 200
+        assert http_get(port, "/healthz", f"127.0.0.1:{port}")[0] == 200
+        assert status_of(port, {"Origin": f"http://127.0.0.1:{port}"}) == 101
+        assert status_of(port) == 101
+        assert "Misdirected Request" in running.log()
+
+
+def test_forwarded_proto_decides_the_scheme_behind_a_trusted_proxy() -> None:
+    with RunningServer(None, "--trust-proxy", "1") as running:
+        port = running.port
+        https = {"Origin": f"https://127.0.0.1:{port}", "X-Forwarded-Proto": "https"}
+        assert status_of(port, https) == 101
+        assert status_of(port, {**https, "X-Forwarded-Proto": "http, https"}) == 101
+        assert status_of(port, {**https, "X-Forwarded-Proto": "https, http"}) == 403
+        assert status_of(port, {**https, "X-Forwarded-Proto": "wss"}) == 403  # ignored
+        http = {"Origin": f"http://127.0.0.1:{port}"}
+        assert status_of(port, {**http, "X-Forwarded-Proto": "https"}) == 403
+        assert status_of(port, http) == 101
 
 
 # -- how a connection's first request is routed ---------------------------------------

@@ -16,7 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from roulette.core import MemoryMatchmaker
 from roulette.server import Lobby
 from roulette.tap import Options, makeService
-from roulette.website import Health, StaticFiles, default_web_root
+from roulette.website import Health, StaticFiles, WebSocketEntry, default_web_root
 
 
 def parse(*args: str) -> Options:
@@ -64,8 +64,8 @@ def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path
     try:
         assert [port for port, *_ in reactor.tcpServers] == [9999]
         site = reactor.tcpServers[0][1]
-        ws = site.resource.children[b"ws"]
-        assert ws._factory.max_message_length == 42
+        assert isinstance(site.resource.children[b"ws"], WebSocketEntry)
+        assert site.websocket.max_message_length == 42
     finally:
         service.stopService()
 
