@@ -46,7 +46,9 @@ MAX_HEADER_BYTES = http.HTTPChannel.totalHeadersSize
 MAX_HEADERS = http.HTTPChannel.maxHeaders
 #: Methods the site serves; anything else is refused before its body is read.
 _METHODS = (b"GET", b"HEAD")
-_BODY_HEADER = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r]*)")
+_BODY_HEADER = re.compile(
+    rb"\r\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE
+)
 
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -29,8 +30,9 @@ class Client:
 
     def __init__(self, server: RunningServer, host: str) -> None:
         self.host = host
-        self.ws: ClientConnection = connect(
-            server.ws_url, additional_headers={"X-Forwarded-For": host}, open_timeout=5
+        self._stack = ExitStack()
+        self.ws: ClientConnection = self._stack.enter_context(
+            connect(server.ws_url, additional_headers={"X-Forwarded-For": host}, open_timeout=5)
         )
         self.status = self.ws.response.status_code
         self.seen: list[dict[str, Any]] = []
@@ -47,7 +49,8 @@ class Client:
                 event = json.loads(self.ws.recv(max(0.0, deadline - time.monotonic())))
             except ConnectionClosed as closed:
                 self.close_code = closed.rcvd.code if closed.rcvd else None
-                raise AssertionError(f"{self.host} closed ({self.close_code}) before {kind}")
+                message = f"{self.host} closed ({self.close_code}) before {kind}"
+                raise AssertionError(message) from None
             self.seen.append(event)
             if event["type"] == kind:
                 return event
@@ -66,7 +69,7 @@ class Client:
         return any(e["type"] == "banned" for e in self.seen)
 
     def close(self) -> None:
-        self.ws.close()
+        self._stack.close()
 
 
 def status(server: RunningServer, host: str) -> int:
@@ -145,15 +148,17 @@ def server(args: list[str]) -> Iterator[RunningServer]:
 
 
 def test_three_networks_reporting_everyone_at_once_ban_nobody(server: RunningServer) -> None:
-    innocents = [Client(server, f"10.0.{n}.1") for n in range(6)]
-    for innocent in innocents:
+    innocents = []
+    for n in range(6):
+        innocent = Client(server, f"10.0.{n}.1")
+        innocents.append(innocent)
         innocent.expect("waiting")
         for attacker in THREE_NETWORKS:
             meets_and_reports(server, innocent, attacker)
         idle(server, innocent)
     assert not any(i.banned() for i in innocents)
     # They keep chatting, and come back as they please.
-    for a, b in zip(innocents[::2], innocents[1::2]):
+    for a, b in zip(innocents[::2], innocents[1::2], strict=True):
         chat(server, a, b)
     assert [status(server, i.host) for i in innocents] == [101] * 6
     assert not any(i.banned() for i in innocents)

@@ -51,9 +51,10 @@ class Tally:
 
 
 def address(kind: str, n: int) -> dict[str, str]:
-    """A distinct forwarded address per client (the server trusts one proxy)."""
+    """A distinct forwarded address per client, each in a /24 of its own, as
+    strangers are (the server trusts one proxy)."""
     base = {"w": 1, "f": 2, "d": 3, "x": 4}[kind]
-    return {"X-Forwarded-For": f"198.18.{base}.{n + 1}"}
+    return {"X-Forwarded-For": f"10.{base}.{n + 1}.1"}
 
 
 async def events(ws: Any, timeout: float) -> Any:
