@@ -651,3 +651,71 @@ async def test_shutdown_drops_clients_that_do_not_close_within_the_grace(
     assert stopped.called
     harness.pump()
     assert a.closed is not None
+
+
+# -- pings, fragments and everything written ----------------------------------------------
+
+
+class PingingClient(Client):
+    """A client that counts the pongs it gets."""
+
+    pongs = 0
+
+    def onPong(self, payload: bytes) -> None:
+        self.pongs += 1
+
+
+def server_side(harness: Harness) -> Any:
+    (server,) = harness.lobby._clients
+    return server
+
+
+@pytest_twisted.ensureDeferred
+async def test_pings_beyond_the_burst_close_with_1008() -> None:
+    h = Harness(limits=Limits(control_rate=1.0, control_burst=10.0))
+    try:
+        client = h.connect_now(PingingClient)
+        assert isinstance(client, PingingClient)
+        for _ in range(10):
+            client.sendPing(b"p")
+        h.pump()
+        assert client.pongs == 10 and client.closed is None
+        h.tick(1.0)  # one more a second
+        client.sendPing(b"p")
+        h.pump()
+        assert client.pongs == 11 and client.closed is None
+        client.sendPing(b"p")
+        h.pump()
+        assert client.pongs == 11
+        assert client.closed is not None and client.closed[1] == 1008
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pongs_count_toward_the_send_buffer_limit() -> None:
+    h = Harness(limits=Limits(send_buffer_limit=1))
+    try:
+        client = h.connect_now(PingingClient)
+        server = server_side(h)
+        server._send_buffer.pauseProducing()  # the transport's buffer is full
+        client.sendPing(b"p" * 100)
+        h.pump()
+        assert client.pongs == 0
+        assert client.closed is not None and client.closed[0] is False  # dropped
+        assert h.lobby.stats().online == 0
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_in_too_many_fragments_closes_with_1008(harness: Harness) -> None:
+    a, b = await harness.pair()
+    a.sendMessage(json.dumps({"type": "typing", "active": True}).encode(), fragmentSize=1)
+    harness.pump()
+    assert a.closed is None  # 30 fragments are fine
+    assert b.take() == [{"type": "typing", "active": True}]
+    a.sendMessage(json.dumps({"type": "message", "text": "x" * 80}).encode(), fragmentSize=1)
+    harness.pump()
+    assert a.closed is not None and a.closed[1] == 1008
+    assert [e["type"] for e in b.take()] == ["partner_left"]
