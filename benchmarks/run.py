@@ -51,6 +51,7 @@ def roulette_command(port: int, log: Path) -> list[str]:
         # Abuse limits raised so that they do not throttle the load.
         "--message-rate", "1000000", "--message-burst", "1000000",
         "--max-per-ip", "1000000", "--connects-per-minute", "1000000",
+        "--max-sockets-per-ip", "0",
         "--repair-cooldown", "0",
     ]  # fmt: skip
 

@@ -400,7 +400,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         our own refusal's reason or the code's standard phrase, and the log
         an escaped excerpt.
         """
-        self.wasNotCleanReason = reason
+        self.wasNotCleanReason = excerpt(reason)
         ours, self._refusal = self._refusal, None
         if ours is None:
             self.factory.tally.note(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import datetime
 import ipaddress
 import json
+import os
 import signal
 import socket
 import ssl
@@ -196,3 +198,41 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     claimed this thread's loop."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def upgrade_request(
+    port: int,
+    path: str = "/ws",
+    headers: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+) -> bytes:
+    """An upgrade to 127.0.0.1:``port``; a ``Host`` in ``headers`` replaces that one."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = dict(headers or {})
+    host = headers.pop("Host", f"127.0.0.1:{port}")
+    lines = [
+        f"GET {path} {version}",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes (or resets) the connection within
+    ``seconds``, reading and discarding what it sends meanwhile."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False

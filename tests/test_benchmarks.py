@@ -32,8 +32,11 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     for scenario in ("saturated-20", "chat-40x5", "chat-40x20", "hold-300"):
         for record in measured(scenario):
             assert record["messages"] > 0
-            assert record["server_cpu_us_per_msg"] > 0
+            # CPU time is read in clock ticks (10 ms): a quick run of a few
+            # hundred messages may cost less than one.
+            assert record["server_cpu_us_per_msg"] >= 0
             assert record["p99_ms"] >= record["p50_ms"] > 0
+    assert all(r["server_cpu_us_per_msg"] > 0 for r in measured("saturated-20"))
     assert all(r["connections_per_s"] > 0 for r in measured("storm-100"))
     for scenario in ("idle-200", "hold-300"):
         for record in measured(scenario):

@@ -5,7 +5,6 @@ it, or reach other people's chats."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -18,31 +17,10 @@ from pathlib import Path
 
 import pytest
 import websockets
-from support import RunningServer, run_async, wait_until
+from support import RunningServer, closed_within, run_async, upgrade_request, wait_until
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
-
-
-def head(
-    port: int,
-    path: str = "/ws",
-    headers: dict[str, str] | None = None,
-    version: str = "HTTP/1.1",
-    method: str = "GET",
-) -> bytes:
-    """An upgrade request's head (its line and headers)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"{method} {path} {version}",
-        f"Host: 127.0.0.1:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
@@ -104,22 +82,6 @@ def send_all(sock: socket.socket, data: bytes, seconds: float = 5.0) -> int:
             break
     sock.settimeout(5)
     return sent
-
-
-def closed_by_server(sock: socket.socket, seconds: float) -> bool:
-    """Whether the server closes (or resets) the connection within
-    ``seconds``, reading and discarding what it sends meanwhile."""
-    sock.settimeout(0.2)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            continue
-        except OSError:
-            return True
-    return False
 
 
 def reset_by_server(sock: socket.socket) -> bool:
@@ -217,7 +179,7 @@ def test_an_upgrade_with_a_body_is_refused_before_the_body(
     name, value = body.split(": ")
     with Bystander(server) as bystander:
         sock = connect(server.port)
-        sock.sendall(prefix + head(server.port, path, {name: value}))
+        sock.sendall(prefix + upgrade_request(server.port, path, {name: value}))
         send_all(sock, TINY_FRAMES, seconds=3)
         responses = read_until_closed(sock)
         sock.close()
@@ -243,7 +205,7 @@ def test_other_methods_are_refused_without_reading_the_body(
     status, response = read_head(sock)
     assert status == 405
     assert b"Allow: GET, HEAD" in response
-    assert closed_by_server(sock, 2)
+    assert closed_within(sock, 2)
     sock.close()
     assert sent < 20 * 1024 * 1024, "the server read the whole body"
     assert rss_kib(server) - before < 10 * 1024
@@ -273,13 +235,16 @@ def test_a_get_with_a_body_is_refused(server: RunningServer) -> None:
 def test_header_limits_on_the_upgrade_path(
     server: RunningServer, extra: dict[str, str], status: int
 ) -> None:
-    request = head(server.port)[:-2] + "".join(f"{k}: {v}\r\n" for k, v in extra.items()).encode()
+    request = (
+        upgrade_request(server.port)[:-2]
+        + "".join(f"{k}: {v}\r\n" for k, v in extra.items()).encode()
+    )
     sock = connect(server.port)
     send_all(sock, request + b"\r\n", seconds=3)
     got, response = read_head(sock)
     assert got == status
     assert len(response) < 300
-    assert closed_by_server(sock, 2)
+    assert closed_within(sock, 2)
     sock.close()
 
 
@@ -287,7 +252,7 @@ def test_a_header_block_that_never_ends_is_cut_off(server: RunningServer) -> Non
     before = rss_kib(server)
     socks = [connect(server.port) for _ in range(20)]
     for sock in socks:
-        sock.sendall(head(server.port)[:-2])
+        sock.sendall(upgrade_request(server.port)[:-2])
     line = b"X-More: " + b"m" * 100 + b"\r\n"
     sent = [send_all(sock, line * 100_000, seconds=0.5) for sock in socks]
     for sock in socks:
@@ -300,7 +265,7 @@ def test_a_header_block_that_never_ends_is_cut_off(server: RunningServer) -> Non
 def test_a_bad_upgrade_is_not_reflected_or_logged_at_length(server: RunningServer) -> None:
     marker = "Q" * 3000
     sock = connect(server.port)
-    sock.sendall(head(server.port, headers={"Sec-WebSocket-Version": marker}))
+    sock.sendall(upgrade_request(server.port, headers={"Sec-WebSocket-Version": marker}))
     status, response = read_head(sock)
     sock.close()
     assert status == 400
@@ -317,7 +282,7 @@ def test_a_bad_upgrade_is_not_reflected_or_logged_at_length(server: RunningServe
 def test_pipelined_requests_never_read_are_dropped(server: RunningServer, last: bytes) -> None:
     sock = connect(server.port, rcvbuf=4096)
     request = b"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    tail = head(server.port, headers={"Origin": "https://evil.example"}) if last else b""
+    tail = upgrade_request(server.port, headers={"Origin": "https://evil.example"}) if last else b""
     send_all(sock, request * 2000 + tail, seconds=2)
     time.sleep(2 + 2 + 1.5)  # the response deadline, then the next request's
     assert reset_by_server(sock), "a client that never reads held its connection"
@@ -336,7 +301,7 @@ def test_a_socket_cap_per_address_and_room_for_others() -> None:
                 except ConnectionResetError:
                     refused.append(True)
                     continue
-                refused.append(closed_by_server(sock, 2))
+                refused.append(closed_within(sock, 2))
                 sock.close()
             assert all(refused)
             other = connect(running.port, source="127.0.0.2")
@@ -401,7 +366,7 @@ def test_a_client_that_never_reads_and_streams_pings_is_dropped() -> None:
             socks = []
             for _ in range(8):
                 sock = connect(running.port, rcvbuf=4096)
-                sock.sendall(head(running.port))
+                sock.sendall(upgrade_request(running.port))
                 assert read_head(sock)[0] == 101
                 socks.append(sock)
             started = time.monotonic()
@@ -412,7 +377,7 @@ def test_a_client_that_never_reads_and_streams_pings_is_dropped() -> None:
                         continue
                     burst = frame(9) * 1000 + text({"type": "typing", "active": True})
                     dropped[i] = send_all(sock, burst, seconds=0.05) < len(burst) and (
-                        reset_by_server(sock) or closed_by_server(sock, 0.1)
+                        reset_by_server(sock) or closed_within(sock, 0.1)
                     )
         for sock in socks:
             sock.close()
@@ -438,7 +403,7 @@ def test_logs_are_bounded_and_escaped() -> None:
         # While the server's own ping waits for its answer, unsolicited
         # pongs (a heartbeat RFC 6455 allows) are taken without a line each.
         sock = connect(running.port)
-        sock.sendall(head(running.port))
+        sock.sendall(upgrade_request(running.port))
         assert read_head(sock)[0] == 101
         time.sleep(1.5)
         sock.sendall(frame(10, b"beat") * 8)
@@ -452,7 +417,7 @@ def test_logs_are_bounded_and_escaped() -> None:
         # Control characters from a request are escaped, long values cut.
         evil = "https://evil.example/\x1b[31m\x07" + "z" * 5000
         sock = connect(running.port)
-        sock.sendall(head(running.port, headers={"Origin": evil}))
+        sock.sendall(upgrade_request(running.port, headers={"Origin": evil}))
         assert read_head(sock)[0] == 403
         sock.close()
         wait_until(lambda: "origin not allowed" in running.log())
@@ -470,7 +435,7 @@ def test_nothing_is_dispatched_after_the_server_closes(server: RunningServer) ->
     async def scenario() -> list[str]:
         partner = await websockets.connect(server.ws_url)
         sock = connect(server.port)
-        sock.sendall(head(server.port))
+        sock.sendall(upgrade_request(server.port))
         assert read_head(sock)[0] == 101
         seen: list[str] = []
         while True:
@@ -480,7 +445,7 @@ def test_nothing_is_dispatched_after_the_server_closes(server: RunningServer) ->
         flood = text({"type": "bogus"}) * 50
         after = b"".join(text({"type": "message", "text": f"after {i}"}) for i in range(3))
         sock.sendall(flood + after)
-        assert closed_by_server(sock, 5)
+        assert closed_within(sock, 5)
         sock.close()
         try:
             while True:
@@ -502,7 +467,7 @@ def test_nothing_is_dispatched_after_the_server_closes(server: RunningServer) ->
 @pytest.mark.parametrize("path", ["/ws", "/ws/"])
 def test_an_http_1_0_upgrade_is_refused(server: RunningServer, path: str) -> None:
     sock = connect(server.port)
-    sock.sendall(head(server.port, path, version="HTTP/1.0"))
+    sock.sendall(upgrade_request(server.port, path, version="HTTP/1.0"))
     status, _ = read_head(sock)
     sock.close()
     assert status == 426
@@ -513,7 +478,7 @@ def test_the_request_line_does_not_restart_the_deadline(server: RunningServer) -
     started = time.monotonic()
     time.sleep(1.2)
     sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-    cut = closed_by_server(sock, 4)
+    cut = closed_within(sock, 4)
     elapsed = time.monotonic() - started
     sock.close()
     assert cut and elapsed < 2.8, f"closed after {elapsed:.1f} s with a 2 s deadline"

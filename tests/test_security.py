@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import signal
 import socket
 import ssl
@@ -18,27 +16,18 @@ from pathlib import Path
 
 import pytest
 import websockets
-from support import RunningServer, free_port, run_async, self_signed, wait_until
+from support import (
+    RunningServer,
+    closed_within,
+    free_port,
+    run_async,
+    self_signed,
+    upgrade_request,
+    wait_until,
+)
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
-
-
-def upgrade_request(port: int, path: str = "/ws", headers: dict[str, str] | None = None) -> bytes:
-    """An upgrade to 127.0.0.1:``port``; a ``Host`` in ``headers`` replaces that one."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    headers = dict(headers or {})
-    host = headers.pop("Host", f"127.0.0.1:{port}")
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def raw_upgrade(
@@ -77,21 +66,6 @@ def http_get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
         while chunk := sock.recv(65536):
             response += chunk
     return int(response.split(b" ", 2)[1]), response
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the server closes the socket within ``seconds`` (reading all)."""
-    sock.settimeout(0.2)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return True
-    return False
 
 
 @pytest.fixture(scope="module")
