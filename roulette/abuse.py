@@ -9,7 +9,6 @@ traffic of the last few minutes.  Addresses are kept only as keyed hashes
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import os
 import re
@@ -55,6 +54,12 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def _prefix(ip: ipaddress.IPv6Address, bits: int) -> str:
+    """The /``bits`` network of ``ip``, written as :mod:`ipaddress` writes it."""
+    shift = 128 - bits
+    return f"{ipaddress.IPv6Address(int(ip) >> shift << shift)}/{bits}"
+
+
 def network_key(host: str) -> str:
     """The network a reporter counts for: the IPv4 /24 or the IPv6 /48.
 
@@ -90,8 +95,18 @@ class AddressKeys:
 
 
 def address_keys(host: str) -> AddressKeys:
-    """The keys of ``host``, in the clear."""
-    return AddressKeys(address_key(host), network_key(host), ban_scopes(host))
+    """The keys of ``host``, in the clear: :func:`address_key`,
+    :func:`network_key` and :func:`ban_scopes`, from one parse (this runs
+    for every handshake)."""
+    ip = _ip(host)
+    if ip is None:
+        return AddressKeys(host, host, (host,))
+    if ip.version == 4:
+        address = str(ip)
+        return AddressKeys(address, address.rpartition(".")[0] + ".0/24", (address,))
+    assert isinstance(ip, ipaddress.IPv6Address)
+    address, network = _prefix(ip, 64), _prefix(ip, 48)
+    return AddressKeys(address, network, (address, _prefix(ip, 56), network))
 
 
 class AddressHasher:
@@ -102,8 +117,9 @@ class AddressHasher:
         self._secret = secret if secret is not None else os.urandom(32)
 
     def __call__(self, key: str) -> str:
-        digest = hmac.new(self._secret, key.encode("utf-8"), hashlib.blake2s)
-        return digest.hexdigest()[:32]
+        # Keyed BLAKE2s is a MAC in itself, without HMAC's two passes.
+        digest = hashlib.blake2s(key.encode("utf-8"), key=self._secret, digest_size=16)
+        return digest.hexdigest()
 
     def keys(self, host: str) -> AddressKeys:
         """The keys of ``host``, each hashed."""
@@ -276,11 +292,13 @@ class SocketLimits:
 def socket_key(host: str) -> str | None:
     """The unit :class:`SocketLimits` counts for a TCP peer: its
     :func:`address_key`, or ``None`` for a peer that is no IP address."""
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    ip = _ip(host)
+    if ip is None:
         return None
-    return address_key(host)
+    if ip.version == 4:
+        return str(ip)
+    assert isinstance(ip, ipaddress.IPv6Address)
+    return _prefix(ip, 64)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from roulette.abuse import (
 )
 from roulette.core import Matchmaker, Stats
 from roulette.logs import Tally, excerpt
+from roulette.transport import has_unsent
 
 #: How often, at most, a client hears the ``online`` count (seconds).
 ONLINE_INTERVAL = 1.0
@@ -659,7 +660,7 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def _closeConnection(self, abort: bool = False) -> None:
         super()._closeConnection(abort)
-        if not abort and self._linger is None:
+        if not abort and self._linger is None and has_unsent(self.transport):
             # A clean close waits for what is buffered to be sent; a client
             # that does not read it would hold the connection for ever.
             self._linger = self.factory.reactor.callLater(CLOSE_LINGER, self._abort_lingering)

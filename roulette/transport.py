@@ -72,3 +72,15 @@ def direct_tcp(reactor: Any) -> Any:
     are Twisted's own (any reactor built on file descriptors); otherwise, as
     for a test's memory reactor, ``reactor`` itself."""
     return DirectTCPReactor(reactor) if isinstance(reactor, PosixReactorBase) else reactor
+
+
+def has_unsent(transport: Any) -> bool:
+    """Whether ``transport`` may still hold bytes it has not sent.
+
+    A closing TCP connection with nothing buffered is gone on the reactor's
+    next turn; one that is not a Twisted TCP connection (TLS, say) may hold
+    anything, so the answer for it is yes.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return True
+    return bool(transport._tempDataLen) or transport.offset < len(transport.dataBuffer)

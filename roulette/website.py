@@ -14,7 +14,7 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 
 from roulette.abuse import SocketLimits, request_scheme, socket_key
 from roulette.logs import Tally, excerpt
-from roulette.server import Lobby, RouletteFactory
+from roulette.server import Gate, Lobby, RouletteFactory
 
 log = Logger()
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -46,6 +46,8 @@ MAX_HEADER_BYTES = http.HTTPChannel.totalHeadersSize
 MAX_HEADERS = http.HTTPChannel.maxHeaders
 #: Methods the site serves; anything else is refused before its body is read.
 _METHODS = (b"GET", b"HEAD")
+_HOST_HEADER = re.compile(rb"\r\nhost[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
+_PROTO_HEADER = re.compile(rb"\r\nx-forwarded-proto[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
 _BODY_HEADER = re.compile(
     rb"\r\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE
 )
@@ -184,9 +186,10 @@ class DeadlineChannel(http.HTTPChannel):
         if tally is not None:
             tally.note(
                 f"refused {code}",
-                "refused a request with {why} ({code}) from {peer}",
+                "refused a request with {why} from {peer}: {code} {phrase}",
                 why="a body" if code == 413 else "a method other than GET or HEAD",
                 code=code,
+                phrase=_REASONS[code].decode("ascii"),
                 peer=_peer(self.transport),
             )
         self.transport.write(_refusal_response(code))
@@ -237,6 +240,7 @@ _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
     413: b"Content Too Large",
+    421: b"Misdirected Request",
     426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
 }
@@ -597,6 +601,9 @@ class FirstRequest(protocol.Protocol):
                 return
         websocket = self._site.websocket
         assert websocket is not None
+        if not _names_public_host(head, websocket.lobby.gate, self.transport):
+            self._refuse(421, "a Host that is no --public-host")
+            return
         inner = websocket.buildProtocol(self._addr)
         self._inner = inner
         inner.makeConnection(self.transport)
@@ -612,9 +619,10 @@ class FirstRequest(protocol.Protocol):
         self._buffer = b""
         self._site.tally.note(
             f"refused {code}",
-            "refused an upgrade with {why} ({code}) from {peer}",
+            "refused an upgrade with {why} from {peer}: {code} {phrase}",
             why=why,
             code=code,
+            phrase=_REASONS[code].decode("ascii"),
             peer=_peer(self.transport),
         )
         self.transport.write(_refusal_response(code))
@@ -655,6 +663,19 @@ class FirstRequest(protocol.Protocol):
             self._site.close_socket(self._key)
         if self._inner is not None:
             self._inner.connectionLost(reason)
+
+
+def _names_public_host(head: bytes, gate: Gate, transport: Any) -> bool:
+    """Whether an upgrade's ``head`` names one of the ``--public-host``
+    names (always, when there are none), as :func:`_for_public_host` asks
+    of a request the site reads."""
+    if not gate.hosts:
+        return True
+    hosts = _HOST_HEADER.findall(head)
+    host = hosts[0].decode("latin-1") if len(hosts) == 1 else None
+    protos = [p.decode("latin-1") for p in _PROTO_HEADER.findall(head)]
+    scheme = request_scheme(ISSLTransport.providedBy(transport), protos, gate.trust_proxy)
+    return gate.hosts.allows(host, scheme)
 
 
 def _request_head(request: IRequest) -> bytes:

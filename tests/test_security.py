@@ -172,6 +172,8 @@ def test_public_host_refuses_every_other_host_with_421() -> None:
             assert b"text/plain" in response.split(b"\r\n\r\n", 1)[0]
         for path in ("/", "/healthz", "/ws"):
             assert http_get(port, path, None)[0] == 421, path  # HTTP/1.0, no Host
+        # Straight to the WebSocket, even without a valid upgrade.
+        assert http_get(port, "/ws", f"rebind.evil.example:{port}")[0] == 421
         assert http_get(port, "/", f"127.0.0.1:{port}")[0] == 200
         assert http_get(port, "/healthz", f"127.0.0.1:{port}")[0] == 200
         assert status_of(port, {"Origin": f"http://127.0.0.1:{port}"}) == 101
