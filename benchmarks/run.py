@@ -44,9 +44,9 @@ PYTHON = sys.executable
 TWISTD = str(Path(PYTHON).with_name("twistd"))
 
 
-def roulette_command(port: int, log: Path) -> list[str]:
+def roulette_command(port: int, log: Path, twistd: str = TWISTD) -> list[str]:
     return [
-        TWISTD, "-n", "--pidfile=", "--logfile", str(log), "roulette",
+        twistd, "-n", "--pidfile=", "--logfile", str(log), "roulette",
         "--port", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
         # Abuse limits raised so that they do not throttle the load.
         "--message-rate", "1000000", "--message-burst", "1000000",
@@ -66,6 +66,27 @@ SERVERS: dict[str, Callable[[int, Path], list[str]]] = {
     ],
 }  # fmt: skip
 BASELINE = "autobahn-echo"
+#: ``--compare TWISTD`` adds this server: another install of roulette.
+COMPARED = "roulette-compared"
+
+
+def compared_command(twistd: str) -> Callable[[int, Path], list[str]]:
+    """``twistd roulette`` of another install (an earlier version, say), with
+    the options of :func:`roulette_command` that it knows."""
+    usage = subprocess.run(
+        [twistd, "roulette", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+
+    def command(port: int, log: Path) -> list[str]:
+        full = roulette_command(port, log, twistd)
+        start = full.index("roulette") + 1
+        kept = full[:start]
+        for option, value in zip(full[start::2], full[start + 1 :: 2], strict=True):
+            if f"{option}=" in usage:
+                kept += [option, value]
+        return kept
+
+    return command
 
 
 @dataclass(frozen=True)
@@ -411,6 +432,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument(
+        "--compare",
+        metavar="TWISTD",
+        help=f"also measure the roulette of this twistd (another install) as {COMPARED!r}",
+    )
     parser.add_argument("--scenarios", default="", help="comma-separated names")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -421,6 +447,9 @@ def main() -> None:
     if args.quick:
         args.rounds, args.window, args.warmup = 1, 0.5, 0.25
     servers = args.servers.split(",")
+    if args.compare:
+        SERVERS[COMPARED] = compared_command(args.compare)
+        servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, COMPARED)
     results = run(scenarios, args.rounds, args.warmup, args.window, servers)
     rows = summarise(results, servers)
     meta = {

@@ -25,6 +25,12 @@ MIN_CHAT_SECONDS = 5.0
 BANS_PER_REPORTER = 2
 
 
+#: An IPv4 address written as the kernel (and :mod:`ipaddress`) writes it:
+#: what ``getPeer()`` gives, the common case, read without :mod:`ipaddress`.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+
+
 def address_key(host: str) -> str:
     """The unit that per-address limits count: the IPv4 address, or the /64
     of an IPv6 address (one subscriber usually holds a whole /64).
@@ -98,6 +104,8 @@ def address_keys(host: str) -> AddressKeys:
     """The keys of ``host``, in the clear: :func:`address_key`,
     :func:`network_key` and :func:`ban_scopes`, from one parse (this runs
     for every handshake)."""
+    if _IPV4.fullmatch(host):
+        return AddressKeys(host, host.rpartition(".")[0] + ".0/24", (host,))
     ip = _ip(host)
     if ip is None:
         return AddressKeys(host, host, (host,))
@@ -292,6 +300,8 @@ class SocketLimits:
 def socket_key(host: str) -> str | None:
     """The unit :class:`SocketLimits` counts for a TCP peer: its
     :func:`address_key`, or ``None`` for a peer that is no IP address."""
+    if _IPV4.fullmatch(host):
+        return host
     ip = _ip(host)
     if ip is None:
         return None
