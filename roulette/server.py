@@ -383,7 +383,8 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._admitted = True
 
     def _refuse(self, code: int, reason: str, **details: object) -> None:
-        log.info(
+        self.factory.tally.note(
+            f"refused {code} {reason}",
             "refused handshake from {address}: {code} {reason} {details}",
             address=self.address,
             code=code,
