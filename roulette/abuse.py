@@ -88,7 +88,7 @@ def ban_scopes(host: str) -> tuple[str, ...]:
     return tuple(str(ipaddress.IPv6Network((ip, p), strict=False)) for p in (64, 56, 48))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressKeys:
     """The keys of one client address, as :meth:`AddressHasher.keys` hashes them."""
 

@@ -338,18 +338,30 @@ class RouletteProtocol(WebSocketServerProtocol):
     #: the hashed keys of its network and of what a ban of it may cover.
     address = "?"
     address_hash = ""
-    keys = AddressKeys("", "", ())
+    _keys: AddressKeys | None = None
     _admitted = False
     _joined = False
     _online_count = -1
     _online_at = float("-inf")
     _send_buffer: _SendBuffer | None = None
     _refusal: str | None = None
+    #: Pings and pongs: a budget made at the first one (a browser sends a
+    #: pong every ``--auto-ping-interval``, a program may send none).
+    _control_budget: TokenBucket | None = None
     _linger: IDelayedCall | None = None
     _fragments = 0
     #: Bytes still read, once closing, in search of the client's close frame:
     #: room for the rest of a message of the largest size, and the close.
     _closing_allowance = 2 * wire.MAX_PAYLOAD
+
+    @property
+    def keys(self) -> AddressKeys:
+        """The hashed keys of the client's address, its network and what a
+        ban of it may cover (made when first needed: for a report or a ban)."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = self.factory.lobby.gate.hasher.keys(self.address)
+        return keys
 
     # -- handshake -----------------------------------------------------------
 
@@ -361,8 +373,8 @@ class RouletteProtocol(WebSocketServerProtocol):
         peer_host = str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
         forwarded = request.headers.get("x-forwarded-for")
         self.address = client_host(peer_host, [forwarded] if forwarded else [], gate.trust_proxy)
-        self.keys = gate.hasher.keys(self.address)
-        self.address_hash = self.keys.address
+        keys = gate.hasher.keys(self.address)
+        self.address_hash = keys.address
         host = request.headers.get("host")
         proto = request.headers.get("x-forwarded-proto")
         scheme = request_scheme(
@@ -372,7 +384,7 @@ class RouletteProtocol(WebSocketServerProtocol):
             self._refuse(421, "Misdirected Request", host=host)
         if not gate.origins.allows(request.origin, host, scheme):
             self._refuse(403, "origin not allowed", origin=request.origin)
-        until = lobby.banned_until(*self.keys.scopes)
+        until = lobby.banned_until(*keys.scopes)
         if until is not None:
             self._refuse(403, "banned", until=until)
         refused = gate.addresses.admit(self.address_hash, self.factory.reactor.seconds())
@@ -434,7 +446,6 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._typing_budget = TokenBucket(limits.typing_rate, limits.typing_burst, now)
         self._queue_budget = TokenBucket(limits.queue_rate, limits.queue_burst, now)
         self._refusals = WindowCounter(limits.flood_window)
-        self._control_budget = TokenBucket(limits.control_rate, limits.control_burst, now)
         # Behind twisted.web the HTTP channel is still the transport's
         # producer; the connection is ours now.
         self._send_buffer = _SendBuffer(getattr(self.transport, "bufferSize", 65536))
@@ -550,7 +561,14 @@ class RouletteProtocol(WebSocketServerProtocol):
             if self.state != _OPEN:
                 self.control_frame_data = None
                 return True
-            if not self._control_budget.take(self.factory.reactor.seconds()):
+            now = self.factory.reactor.seconds()
+            budget = self._control_budget
+            if budget is None:
+                limits = self.factory.limits
+                budget = self._control_budget = TokenBucket(
+                    limits.control_rate, limits.control_burst, now
+                )
+            if not budget.take(now):
                 self.control_frame_data = None
                 self.factory.tally.note(
                     "control flood",
