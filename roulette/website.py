@@ -520,14 +520,19 @@ class FirstRequest(protocol.Protocol):
     deadline runs until the WebSocket is open.
     """
 
-    _inner: protocol.Protocol | None = None
-    #: Whether this connection holds a place under the caps.
-    _counted = False
-    _key: str | None = None
-    #: Reading the head of an upgrade for the direct path.
-    _reading_head = False
-    #: Refused: nothing more is read.
-    _done = False
+    # Slots: a connection that stays open a long time costs less memory.
+    __slots__ = (
+        "_addr",
+        "_buffer",
+        "_counted",
+        "_done",
+        "_inner",
+        "_key",
+        "_reading_head",
+        "_scanned",
+        "_site",
+        "deadline",
+    )
 
     def __init__(self, site: RouletteSite, addr: object) -> None:
         self._site = site
@@ -535,6 +540,14 @@ class FirstRequest(protocol.Protocol):
         self._buffer = b""
         self._scanned = 0
         self.deadline = Deadline(site.tally)
+        self._inner: protocol.Protocol | None = None
+        #: Whether this connection holds a place under the caps, and its key.
+        self._counted = False
+        self._key: str | None = None
+        #: Reading the head of an upgrade for the direct path.
+        self._reading_head = False
+        #: Refused: nothing more is read.
+        self._done = False
 
     def connectionMade(self) -> None:
         site = self._site
