@@ -236,3 +236,15 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         except OSError:
             return True
     return False
+
+
+def read_head(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and head of the next response (0 if the server closed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    status = int(data.split(b" ", 2)[1]) if data else 0
+    return status, data

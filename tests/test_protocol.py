@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from autobahn.twisted.testing import create_memory_agent, create_pumper
 from autobahn.twisted.websocket import WebSocketClientProtocol
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
 from roulette.abuse import Reports
@@ -513,35 +514,41 @@ async def test_report_checks(harness: Harness) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_three_reporters_ban_the_address() -> None:
+async def test_three_reporters_ban_the_address(proxied: Harness) -> None:
     """Addresses come from X-Forwarded-For, trusted for one proxy."""
+    h = proxied
+    bad = await h.connect({"X-Forwarded-For": "198.51.100.66"})
+    bad2 = await h.connect({"X-Forwarded-For": "198.51.100.66"})
+    bad2.send({"type": "stop"})  # bad2 stays idle; bad looks again
+    bad.send({"type": "next"})
+    h.pump()
+    for n in range(3):  # three networks
+        reporter = await h.connect({"X-Forwarded-For": f"203.0.{113 + n}.1"})
+        h.pump()
+        assert {"type": "paired"} in reporter.events, n
+        bad.send({"type": "message", "text": "buy now"})
+        h.pump()
+        reporter.send({"type": "report", "reason": "spam"})
+        h.pump()
+        if n < 2:
+            assert bad.closed is None
+            bad.send({"type": "next"})  # look again; meets the next reporter
+            h.pump()
+    until = int(h.clock.seconds() + 600)
+    for victim in (bad, bad2):
+        assert {"type": "banned", "until": until} in victim.events
+        assert victim.closed is not None and victim.closed[1] == 1008
+    assert h.lobby.banned_until(h.lobby.gate.hasher("198.51.100.66")) == until
+
+
+@pytest.fixture
+def proxied() -> Iterator[Harness]:
+    """A harness without cooldown and with room for many reports, whose
+    clients' addresses come from ``X-Forwarded-For`` (one trusted proxy)."""
     h = Harness(cooldown=0, limits=Limits(queue_burst=100))
     h.lobby.gate.trust_proxy = 1
-    try:
-        bad = await h.connect({"X-Forwarded-For": "198.51.100.66"})
-        bad2 = await h.connect({"X-Forwarded-For": "198.51.100.66"})
-        bad2.send({"type": "stop"})  # bad2 stays idle; bad looks again
-        bad.send({"type": "next"})
-        h.pump()
-        for n in range(3):  # three networks
-            reporter = await h.connect({"X-Forwarded-For": f"203.0.{113 + n}.1"})
-            h.pump()
-            assert {"type": "paired"} in reporter.events, n
-            bad.send({"type": "message", "text": "buy now"})
-            h.pump()
-            reporter.send({"type": "report", "reason": "spam"})
-            h.pump()
-            if n < 2:
-                assert bad.closed is None
-                bad.send({"type": "next"})  # look again; meets the next reporter
-                h.pump()
-        until = int(h.clock.seconds() + 600)
-        for victim in (bad, bad2):
-            assert {"type": "banned", "until": until} in victim.events
-            assert victim.closed is not None and victim.closed[1] == 1008
-        assert h.lobby.banned_until(h.lobby.gate.hasher("198.51.100.66")) == until
-    finally:
-        await h.close()
+    yield h
+    pytest_twisted.blockon(defer.ensureDeferred(h.close()))
 
 
 async def reported(
@@ -571,63 +578,51 @@ def was_banned(client: Client) -> bool:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reporting_a_silent_partner_at_once_bans_nobody() -> None:
-    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
-    h.lobby.gate.trust_proxy = 1
-    try:
-        quiet = await h.connect({"X-Forwarded-For": "192.0.2.10"})
-        await reported(h, quiet, ["203.0.113.1", "198.51.100.1", "100.64.0.1"])
-        assert not was_banned(quiet) and quiet.closed is None
-        assert h.lobby.banned_until(*h.lobby.gate.hasher.keys("192.0.2.10").scopes) is None
-        # Chats that last long enough count, silent or not.
-        await reported(h, quiet, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], wait=5.0)
-        assert was_banned(quiet) and quiet.closed is not None and quiet.closed[1] == 1008
-    finally:
-        await h.close()
+async def test_reporting_a_silent_partner_at_once_bans_nobody(proxied: Harness) -> None:
+    h = proxied
+    quiet = await h.connect({"X-Forwarded-For": "192.0.2.10"})
+    await reported(h, quiet, ["203.0.113.1", "198.51.100.1", "100.64.0.1"])
+    assert not was_banned(quiet) and quiet.closed is None
+    assert h.lobby.banned_until(*h.lobby.gate.hasher.keys("192.0.2.10").scopes) is None
+    # Chats that last long enough count, silent or not.
+    await reported(h, quiet, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], wait=5.0)
+    assert was_banned(quiet) and quiet.closed is not None and quiet.closed[1] == 1008
 
 
 @pytest_twisted.ensureDeferred
-async def test_reporters_in_one_network_ban_nobody() -> None:
-    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
-    h.lobby.gate.trust_proxy = 1
-    try:
-        bad = await h.connect({"X-Forwarded-For": "192.0.2.10"})
-        one_24 = [f"203.0.113.{n}" for n in range(1, 6)]
-        one_48 = [f"2001:db8:77:{n}::1" for n in range(1, 6)]
-        await reported(h, bad, one_24 + one_48, say="spam")
-        assert not was_banned(bad) and bad.closed is None
-    finally:
-        await h.close()
+async def test_reporters_in_one_network_ban_nobody(proxied: Harness) -> None:
+    h = proxied
+    bad = await h.connect({"X-Forwarded-For": "192.0.2.10"})
+    one_24 = [f"203.0.113.{n}" for n in range(1, 6)]
+    one_48 = [f"2001:db8:77:{n}::1" for n in range(1, 6)]
+    await reported(h, bad, one_24 + one_48, say="spam")
+    assert not was_banned(bad) and bad.closed is None
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_repeat_ipv6_ban_widens_to_the_56() -> None:
-    h = Harness(cooldown=0, limits=Limits(queue_burst=100))
-    h.lobby.gate.trust_proxy = 1
-    try:
-        # Idle bystanders: one in the same /56, one in another /56 of the /48.
-        near = await h.connect({"X-Forwarded-For": "2001:db8:1:2::1"})
-        near.send({"type": "stop"})
-        far = await h.connect({"X-Forwarded-For": "2001:db8:1:100::1"})
-        far.send({"type": "stop"})
-        h.pump()
-        bad = await h.connect({"X-Forwarded-For": "2001:db8:1:1::1"})
-        await reported(h, bad, ["203.0.113.1", "198.51.100.1", "100.64.0.1"], say="spam")
-        assert was_banned(bad) and bad.closed is not None
-        assert not was_banned(near) and near.closed is None  # the first ban: the /64 only
-        # Back from another /64 of the /56, and reported again.
-        back = await h.connect({"X-Forwarded-For": "2001:db8:1:3::1"})
-        await reported(h, back, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], say="spam")
-        until = int(h.clock.seconds() + 1200)
-        for victim in (back, near):
-            assert {"type": "banned", "until": until} in victim.events
-            assert victim.closed is not None and victim.closed[1] == 1008
-        assert not was_banned(far) and far.closed is None
-        keys = h.lobby.gate.hasher.keys
-        assert h.lobby.banned_until(*keys("2001:db8:1:ff::1").scopes) == until
-        assert h.lobby.banned_until(*keys("2001:db8:1:100::1").scopes) is None
-    finally:
-        await h.close()
+async def test_a_repeat_ipv6_ban_widens_to_the_56(proxied: Harness) -> None:
+    h = proxied
+    # Idle bystanders: one in the same /56, one in another /56 of the /48.
+    near = await h.connect({"X-Forwarded-For": "2001:db8:1:2::1"})
+    near.send({"type": "stop"})
+    far = await h.connect({"X-Forwarded-For": "2001:db8:1:100::1"})
+    far.send({"type": "stop"})
+    h.pump()
+    bad = await h.connect({"X-Forwarded-For": "2001:db8:1:1::1"})
+    await reported(h, bad, ["203.0.113.1", "198.51.100.1", "100.64.0.1"], say="spam")
+    assert was_banned(bad) and bad.closed is not None
+    assert not was_banned(near) and near.closed is None  # the first ban: the /64 only
+    # Back from another /64 of the /56, and reported again.
+    back = await h.connect({"X-Forwarded-For": "2001:db8:1:3::1"})
+    await reported(h, back, ["203.0.114.1", "198.51.101.1", "100.64.1.1"], say="spam")
+    until = int(h.clock.seconds() + 1200)
+    for victim in (back, near):
+        assert {"type": "banned", "until": until} in victim.events
+        assert victim.closed is not None and victim.closed[1] == 1008
+    assert not was_banned(far) and far.closed is None
+    keys = h.lobby.gate.hasher.keys
+    assert h.lobby.banned_until(*keys("2001:db8:1:ff::1").scopes) == until
+    assert h.lobby.banned_until(*keys("2001:db8:1:100::1").scopes) is None
 
 
 @pytest_twisted.ensureDeferred

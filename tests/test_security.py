@@ -20,6 +20,7 @@ from support import (
     RunningServer,
     closed_within,
     free_port,
+    read_head,
     run_async,
     self_signed,
     upgrade_request,
@@ -37,13 +38,7 @@ def raw_upgrade(
     the response head."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(prefix + upgrade_request(port, headers=headers))
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        response += chunk
-    status = int(response.split(b" ", 2)[1]) if response else 0
+    status, response = read_head(sock)
     return sock, status, response
 
 
