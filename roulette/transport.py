@@ -27,12 +27,17 @@ class DirectServer(tcp.Server):
     while nothing is buffered."""
 
     def write(self, data: bytes) -> None:
+        # Only where a stock write would send these bytes as they are: not
+        # once the connection is aborted (a stock write sends nothing) nor
+        # after startTLS (a stock write encrypts them).
         if (
             data
             and not self._tempDataLen
             and self.offset == len(self.dataBuffer)
             and self.connected
             and not self._writeDisconnected
+            and not self._aborting
+            and not self.TLS
             and isinstance(data, bytes)
         ):
             sent = self.writeSomeData(data)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from support import self_signed
+from twisted.internet import defer, reactor, ssl, threads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
@@ -84,3 +86,44 @@ async def test_what_the_kernel_does_not_take_follows_in_order(listener: Listener
     finally:
         client.close()
         server.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_after_an_abort(listener: Listener) -> None:
+    client, server = await listener.connect()
+    try:
+        server.transport.abortConnection()
+        server.transport.write(b"after the abort")
+        client.settimeout(2)
+        received = b""
+        try:
+            while chunk := await threads.deferToThread(client.recv, 100):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        assert received == b""
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_goes_out_in_the_clear_after_starttls(
+    listener: Listener, tmp_path: Path
+) -> None:
+    key, cert = self_signed(tmp_path)
+    options = ssl.DefaultOpenSSLContextFactory(str(key), str(cert))
+    client, server = await listener.connect()
+    try:
+        server.transport.startTLS(options)
+        server.transport.write(b"a secret")
+        client.settimeout(0.5)
+        received = b""
+        try:
+            while chunk := await threads.deferToThread(client.recv, 100):
+                received += chunk
+        except TimeoutError:
+            pass
+        assert b"a secret" not in received
+    finally:
+        client.close()
+        server.transport.abortConnection()
