@@ -237,7 +237,7 @@ class Lobby(Service):
         banned = [c for c in self._clients if scope in c.keys.scopes]
         log.warn(
             "banned {peers} until {until:.0f} after reports",
-            peers=[c.peer for c in banned],
+            peers=[c.address for c in banned],
             until=until,
         )
         for client in banned:

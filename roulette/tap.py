@@ -12,6 +12,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -254,6 +255,12 @@ class Options(usage.Options):
         # Autobahn schedules these timers to whole seconds.
         if not self["auto-ping-timeout"] >= 1:
             raise usage.UsageError("--auto-ping-timeout must be at least 1 second")
+        try:
+            # Parsed once here, with nothing bound (an ssl: endpoint reads its
+            # key and certificate), so that a mistake is one usage line.
+            endpoints.serverFromString(object(), self["port"])
+        except Exception as error:
+            raise usage.UsageError(f"--port {self['port']}: {_reason(error)}") from None
         if self["web-root"] is None:
             self["web-root"] = default_web_root()
         else:
@@ -261,6 +268,35 @@ class Options(usage.Options):
             if not (root / "index.html").is_file():
                 raise usage.UsageError(f"--web-root {root} has no index.html")
             self["web-root"] = root
+
+
+def _reason(error: BaseException) -> str:
+    """An exception as one line a person can read."""
+    if isinstance(error, CannotListenError):
+        error = error.socketError
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return str(error) or type(error).__name__
+
+
+class _Listener(StreamServerEndpointService):
+    """Listens as twistd starts; a port that cannot be had (in use, out of
+    range, not permitted) ends the process with one line, not a traceback."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, port: str):
+        super().__init__(endpoint, factory)
+        self._description = port
+        # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except (CannotListenError, OverflowError, OSError) as error:
+            raise SystemExit(
+                f"roulette: cannot listen on --port {self._description}: {_reason(error)}"
+            ) from None
 
 
 def socket_budget(requested: int) -> int:
@@ -364,8 +400,6 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     # TCP connections that send at once when nothing is buffered: one
     # syscall per relayed message instead of a loop turn and three.
     endpoint = endpoints.serverFromString(direct_tcp(reactor), config["port"])
-    listener = StreamServerEndpointService(_Listening(endpoint, site.listening), site)
-    # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
-    listener._raiseSynchronously = True
+    listener = _Listener(_Listening(endpoint, site.listening), site, config["port"])
     listener.setServiceParent(parent)
     return parent

@@ -219,3 +219,7 @@ def test_three_networks_ban_a_partner_who_spoke_and_repeat_bans_widen(
     assert status(server, "2001:db8:1:100::2") == 101  # another /56
     assert not far.banned()
     chat(server, far, fresh(server, "192.0.2.9"))
+    # The log names the banned clients, not the proxy they came through.
+    bans = [line for line in server.log().splitlines() if "after reports" in line]
+    assert any("2001:db8:1:1::1" in line for line in bans), bans
+    assert not any("127.0.0.1" in line for line in bans), bans

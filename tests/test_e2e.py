@@ -222,7 +222,34 @@ def test_port_in_use_fails_at_start(server: RunningServer) -> None:
         cwd="/",
     )
     assert result.returncode != 0
-    assert "Address already in use" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Address already in use" in output
+    assert "Traceback" not in output
+    assert f"cannot listen on --port tcp:{server.port}" in output
+
+
+@pytest.mark.parametrize(
+    ("port", "problem"),
+    [
+        ("nonsense", "Unknown endpoint type"),
+        ("tcp:abc", "invalid literal"),
+        ("tcp:99999", "port must be 0-65535"),
+        ("ssl:8443:privateKey=/no/such/key.pem:certKey=/no/such/cert.pem", "No such file"),
+    ],
+)
+def test_a_bad_port_is_one_line_not_a_traceback(port: str, problem: str) -> None:
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "roulette", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert f"--port {port}" in last and problem in last, last
 
 
 def test_tls_endpoint_serves_page_and_wss(tmp_path: Path) -> None:
