@@ -80,7 +80,9 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
     points.
     """
     try:
-        obj = json.loads(payload)
+        # As text, whichever way the frame was read: json.loads would guess
+        # UTF-16 or UTF-32 for bytes, and skip a byte order mark.
+        obj = json.loads(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
     except RecursionError:
         raise CommandError(BAD_JSON, "The frame is nested too deeply to parse.") from None
     except ValueError:

@@ -714,3 +714,23 @@ async def test_a_message_in_too_many_fragments_closes_with_1008(harness: Harness
     harness.pump()
     assert a.closed is not None and a.closed[1] == 1008
     assert [e["type"] for e in b.take()] == ["partner_left"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "\ufeff" + json.dumps({"type": "stop"}),  # a byte order mark
+        json.dumps({"type": "stop"}).encode("utf-16-le").decode("utf-8"),  # NULs: UTF-16 JSON
+    ],
+    ids=["bom", "utf-16"],
+)
+@pytest.mark.parametrize("fragment", [None, 3], ids=["whole", "fragmented"])
+@pytest_twisted.ensureDeferred
+async def test_one_answer_to_odd_json_whichever_way_it_is_read(
+    harness: Harness, payload: str, fragment: int | None
+) -> None:
+    a = await harness.connect()
+    a.take()
+    a.sendMessage(payload.encode("utf-8"), fragmentSize=fragment)
+    harness.pump()
+    assert errors(a) == ["bad_json"]
