@@ -14,6 +14,7 @@ from test_protocol import Client, Harness
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
+from roulette import wire
 from roulette.abuse import AddressLimits
 from roulette.server import Gate, Limits
 
@@ -43,6 +44,43 @@ frames = st.one_of(
     json_values.map(lambda v: (json.dumps(v).encode(), False)),
     commands.map(lambda c: (json.dumps(c).encode(), False)),
 )
+
+
+def answer(
+    payload: bytes, binary: bool, paired: bool, mine: list[dict], theirs: list[dict]
+) -> None:
+    """What docs/protocol.md says the frame must bring about, for a client
+    still open afterwards: ``mine`` are the sender's events, ``theirs`` its
+    partner's (``paired``: whether the two were chatting)."""
+    assert not binary, "a binary frame must close the connection (1003)"
+    try:
+        command = wire.parse_command(payload.decode("utf-8"), 2000)
+    except UnicodeDecodeError:
+        raise AssertionError("a frame that is not UTF-8 must close the connection (1007)") from None
+    except wire.CommandError as error:
+        assert [e.get("code") for e in mine] == [error.code], (payload, mine)
+        assert theirs == [], theirs
+        return
+    left = {"type": "partner_left"}
+    match command:
+        case wire.Message(text):
+            if paired:
+                assert (mine, theirs) == ([], [{"type": "message", "text": text}])
+            else:
+                assert [e.get("code") for e in mine] == ["not_paired"], mine
+        case wire.Typing(active):
+            assert mine == []
+            assert theirs == ([{"type": "typing", "active": active}] if paired else [])
+        case wire.Next():
+            assert mine and mine[0]["type"] == "waiting", mine
+            assert theirs == ([left] if paired else [])
+        case wire.Stop():
+            assert theirs == ([left] if paired else [])
+        case wire.Report():
+            if paired:
+                assert theirs == [left]
+            else:
+                assert [e.get("code") for e in mine] == ["not_paired"], mine
 
 
 class Fuzzer:
@@ -75,11 +113,18 @@ class Fuzzer:
         self.h.pump()
         return a, b
 
+    def _chatting(self) -> bool:
+        return self.h.lobby.stats().chatting == 2
+
     def send(self, payload: bytes, binary: bool) -> None:
-        a = self.a
+        a, b = self.a, self.b
+        if not self._chatting():  # most frames are worth more inside a chat
+            for c in (a, b):
+                c.send({"type": "next"})
+            self.h.pump()
+        paired = self._chatting()
         a.take()
-        self.b.take()
-        before = len(a.raw)
+        b.take()
         a.sendMessage(payload, isBinary=binary)
         self.h.pump()
         assert not self.failures, self.failures
@@ -87,12 +132,14 @@ class Fuzzer:
             assert a.closed is not None and a.closed[1] in CLOSE_CODES, a.closed
             self.a, self.b = self._pair()
             return
-        for event in a.events:
+        mine = [e for e in a.take() if e.get("type") != "online"]
+        theirs = [e for e in b.take() if e.get("type") != "online"]
+        for event in mine:
             assert isinstance(event, dict) and isinstance(event.get("type"), str)
             if event["type"] == "error":
                 assert event["code"] in ERROR_CODES
                 assert isinstance(event["message"], str) and event["message"]
-        assert len(a.raw) >= before
+        answer(payload, binary, paired, mine, theirs)
 
     def close(self) -> None:
         globalLogPublisher.removeObserver(self._observe)
@@ -118,6 +165,21 @@ def fuzzer():
 @given(frame=frames)
 def test_every_frame_gets_a_protocol_answer(fuzzer: Fuzzer, frame: tuple[bytes, bool]) -> None:
     fuzzer.send(*frame)
+
+
+def test_the_fuzzer_notices_a_lost_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: an answer that never goes out is noticed."""
+    from roulette.server import RouletteProtocol
+
+    f = Fuzzer()
+    try:
+        monkeypatch.setattr(RouletteProtocol, "_send", lambda self, frame: None)
+        with pytest.raises(AssertionError):
+            f.send(b'{"type": "bogus"}', False)
+        with pytest.raises(AssertionError):
+            f.send(json.dumps({"type": "message", "text": "hi"}).encode(), False)
+    finally:
+        f.close()
 
 
 def test_the_fuzzer_notices_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
