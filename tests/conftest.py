@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
-from test_protocol import Harness
+from memory import Harness
 from twisted.internet import defer
 
 

@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 import pytest_twisted
-from test_protocol import Harness
+from memory import Harness
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport

@@ -15,7 +15,7 @@ import pytest_twisted
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol import Client, Harness
+from memory import Client, Harness
 
 from roulette import framing
 from roulette.server import Limits

@@ -10,7 +10,7 @@ import pytest
 from autobahn.twisted.testing import create_memory_agent, create_pumper
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol import Client, Harness
+from memory import Client, Harness
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 

@@ -4,121 +4,15 @@ protocol v1, through Autobahn's in-memory agent (no sockets)."""
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.testing import create_memory_agent, create_pumper
-from autobahn.twisted.websocket import WebSocketClientProtocol
-from twisted.internet import defer, task
-from twisted.internet.testing import MemoryReactorClock
+from memory import Client, Harness
+from twisted.internet import defer
 
-from roulette.abuse import Reports
-from roulette.core import MemoryMatchmaker
-from roulette.server import Gate, Limits, Lobby, RouletteFactory
-
-
-class Client(WebSocketClientProtocol):
-    """A test client that records every event and how the connection closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[dict[str, Any]] = []
-        self.raw: list[tuple[bytes, bool]] = []
-        self.closed: tuple[bool, int | None, str | None] | None = None
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.raw.append((payload, isBinary))
-        self.events.append(json.loads(payload))
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.closed = (wasClean, code, reason)
-
-    def send(self, obj: Any) -> None:
-        self.sendMessage(json.dumps(obj).encode("utf-8"))
-
-    def take(self) -> list[dict[str, Any]]:
-        events, self.events = self.events, []
-        return events
-
-
-class Harness:
-    """A lobby on a fake clock and an in-memory agent connecting clients to it."""
-
-    def __init__(
-        self,
-        cooldown: float = 60.0,
-        max_message_length: int = 2000,
-        limits: Limits | None = None,
-        gate: Gate | None = None,
-    ) -> None:
-        self.clock = task.Clock()
-        self.clock.advance(1000)
-        self.matchmaker = MemoryMatchmaker(random.Random(0), self.clock.seconds, cooldown)
-        if gate is None:
-            gate = Gate(reports=Reports(self.clock.seconds))
-        self.lobby = Lobby(self.matchmaker, self.clock, gate)
-        self.lobby.startService()
-        # The protocol reads the time from its factory's reactor: the same clock.
-        self.factory = RouletteFactory(
-            self.lobby, max_message_length=max_message_length, limits=limits, reactor=self.clock
-        )
-        self.pumper = create_pumper()
-        self.agent = create_memory_agent(
-            MemoryReactorClock(), self.pumper, lambda: self.factory.buildProtocol(None)
-        )
-        self.clients: list[Client] = []
-
-    def pump(self) -> None:
-        """Deliver every byte in flight, both ways."""
-        for _ in range(3):
-            self.pumper._flush()
-
-    async def connect(self, headers: dict[str, str] | None = None) -> Client:
-        options = {"headers": headers} if headers else {}
-        d = self.agent.open("ws://localhost/ws", options, protocol_class=Client)
-        for _ in range(20):
-            self.pump()
-            if d.called:
-                break
-        assert d.called, "the handshake did not finish"
-        client: Client = await d
-        self.pump()
-        self.clients.append(client)
-        return client
-
-    def connect_now(self, protocol_class: type[Client] = Client) -> Client:
-        """Connect without awaiting: the in-memory handshake finishes within
-        a few pumps (for tests that cannot await, such as hypothesis')."""
-        d = self.agent.open("ws://localhost/ws", {}, protocol_class=protocol_class)
-        for _ in range(20):
-            self.pump()
-        opened: list[Any] = []
-        d.addBoth(opened.append)
-        assert opened and isinstance(opened[0], protocol_class), opened
-        self.clients.append(opened[0])
-        return opened[0]
-
-    async def pair(self) -> tuple[Client, Client]:
-        a = await self.connect()
-        b = await self.connect()
-        assert [e["type"] for e in a.take()] == ["online", "waiting", "paired"]
-        assert [e["type"] for e in b.take()] == ["online", "waiting", "paired"]
-        return a, b
-
-    def tick(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.pump()
-
-    async def close(self) -> None:
-        for client in self.clients:
-            if client.closed is None:
-                client.dropConnection(abort=True)
-        self.pump()
-        self.lobby.stopService()
-        await self.pumper.stop()
+from roulette.server import Limits
 
 
 def error(code: str) -> dict[str, Any]:
