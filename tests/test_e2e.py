@@ -206,23 +206,21 @@ def test_sigterm_stops_the_server() -> None:
         running.close()
 
 
-def test_port_in_use_fails_at_start(server: RunningServer) -> None:
+def failed_start(port: str) -> str:
+    """What ``twistd roulette --port PORT`` printed, having exited non-zero."""
     result = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "roulette",
-            "--port",
-            f"tcp:{server.port}:interface=127.0.0.1",
-        ],
+        [TWISTD, "-n", "--pidfile=", "roulette", "--port", port],
         capture_output=True,
         text=True,
         timeout=30,
         cwd="/",
     )
     assert result.returncode != 0
-    output = result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_port_in_use_fails_at_start(server: RunningServer) -> None:
+    output = failed_start(f"tcp:{server.port}:interface=127.0.0.1")
     assert "Address already in use" in output
     assert "Traceback" not in output
     assert f"cannot listen on --port tcp:{server.port}" in output
@@ -238,15 +236,7 @@ def test_port_in_use_fails_at_start(server: RunningServer) -> None:
     ],
 )
 def test_a_bad_port_is_one_line_not_a_traceback(port: str, problem: str) -> None:
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "roulette", "--port", port],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd="/",
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = failed_start(port)
     assert "Traceback" not in output
     last = [line for line in output.splitlines() if line.strip()][-1]
     assert f"--port {port}" in last and problem in last, last

@@ -88,20 +88,25 @@ async def test_what_the_kernel_does_not_take_follows_in_order(listener: Listener
         server.transport.loseConnection()
 
 
+async def received(client: socket.socket, seconds: float) -> bytes:
+    """What the client reads until the server closes, or ``seconds`` of quiet."""
+    client.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := await threads.deferToThread(client.recv, 100):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
 @pytest_twisted.ensureDeferred
 async def test_nothing_is_sent_after_an_abort(listener: Listener) -> None:
     client, server = await listener.connect()
     try:
         server.transport.abortConnection()
         server.transport.write(b"after the abort")
-        client.settimeout(2)
-        received = b""
-        try:
-            while chunk := await threads.deferToThread(client.recv, 100):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        assert received == b""
+        assert await received(client, 2) == b""
     finally:
         client.close()
 
@@ -116,14 +121,7 @@ async def test_nothing_goes_out_in_the_clear_after_starttls(
     try:
         server.transport.startTLS(options)
         server.transport.write(b"a secret")
-        client.settimeout(0.5)
-        received = b""
-        try:
-            while chunk := await threads.deferToThread(client.recv, 100):
-                received += chunk
-        except TimeoutError:
-            pass
-        assert b"a secret" not in received
+        assert b"a secret" not in await received(client, 0.5)
     finally:
         client.close()
         server.transport.abortConnection()
