@@ -31,63 +31,6 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
-def address_key(host: str) -> str:
-    """The unit that per-address limits count: the IPv4 address, or the /64
-    of an IPv6 address (one subscriber usually holds a whole /64).
-
-    IPv4-mapped IPv6 addresses count as their IPv4 address.  Anything that
-    is not an IP address (a UNIX socket, say) is its own unit.
-    """
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address ``host`` names (IPv4-mapped IPv6 as IPv4), or ``None``."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _prefix(ip: ipaddress.IPv6Address, bits: int) -> str:
-    """The /``bits`` network of ``ip``, written as :mod:`ipaddress` writes it."""
-    shift = 128 - bits
-    return f"{ipaddress.IPv6Address(int(ip) >> shift << shift)}/{bits}"
-
-
-def network_key(host: str) -> str:
-    """The network a reporter counts for: the IPv4 /24 or the IPv6 /48.
-
-    However many addresses one network holds, its reports count once.
-    Anything that is not an IP address is its own network.
-    """
-    ip = _ip(host)
-    if ip is None:
-        return host
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network((ip, prefix), strict=False))
-
-
-def ban_scopes(host: str) -> tuple[str, ...]:
-    """What a ban of ``host`` may cover, narrowest first: the IPv4 address
-    alone, or the IPv6 /64, /56 and /48 (repeated bans widen)."""
-    ip = _ip(host)
-    if ip is None or ip.version == 4:
-        return (address_key(host),)
-    return tuple(str(ipaddress.IPv6Network((ip, p), strict=False)) for p in (64, 56, 48))
-
-
 @dataclass(frozen=True, slots=True)
 class AddressKeys:
     """The keys of one client address, as :meth:`AddressHasher.keys` hashes them."""
@@ -100,21 +43,64 @@ class AddressKeys:
     scopes: tuple[str, ...]
 
 
-def address_keys(host: str) -> AddressKeys:
-    """The keys of ``host``, in the clear: :func:`address_key`,
-    :func:`network_key` and :func:`ban_scopes`, from one parse (this runs
-    for every handshake)."""
+def _prefix(ip: ipaddress.IPv6Address, bits: int) -> str:
+    """The /``bits`` network of ``ip``, written as :mod:`ipaddress` writes it."""
+    shift = 128 - bits
+    return f"{ipaddress.IPv6Address(int(ip) >> shift << shift)}/{bits}"
+
+
+def _ip_keys(host: str) -> AddressKeys | None:
+    """The keys of ``host`` in the clear, from one parse (this runs for every
+    connection), or ``None`` when ``host`` is no IP address.
+
+    IPv4 (and IPv4-mapped IPv6): the address, its /24, and the address
+    alone to ban.  IPv6: its /64, its /48, and the /64, /56 and /48 to ban.
+    """
     if _IPV4.fullmatch(host):
         return AddressKeys(host, host.rpartition(".")[0] + ".0/24", (host,))
-    ip = _ip(host)
-    if ip is None:
-        return AddressKeys(host, host, (host,))
-    if ip.version == 4:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
         address = str(ip)
         return AddressKeys(address, address.rpartition(".")[0] + ".0/24", (address,))
-    assert isinstance(ip, ipaddress.IPv6Address)
     address, network = _prefix(ip, 64), _prefix(ip, 48)
     return AddressKeys(address, network, (address, _prefix(ip, 56), network))
+
+
+def address_keys(host: str) -> AddressKeys:
+    """The keys of ``host``, in the clear: :func:`address_key`,
+    :func:`network_key` and :func:`ban_scopes`.  Anything that is not an IP
+    address (a UNIX socket, say) is its own unit for all three."""
+    return _ip_keys(host) or AddressKeys(host, host, (host,))
+
+
+def address_key(host: str) -> str:
+    """The unit that per-address limits count: the IPv4 address, or the /64
+    of an IPv6 address (one subscriber usually holds a whole /64).
+
+    IPv4-mapped IPv6 addresses count as their IPv4 address.  Anything that
+    is not an IP address (a UNIX socket, say) is its own unit.
+    """
+    return address_keys(host).address
+
+
+def network_key(host: str) -> str:
+    """The network a reporter counts for: the IPv4 /24 or the IPv6 /48.
+
+    However many addresses one network holds, its reports count once.
+    Anything that is not an IP address is its own network.
+    """
+    return address_keys(host).network
+
+
+def ban_scopes(host: str) -> tuple[str, ...]:
+    """What a ban of ``host`` may cover, narrowest first: the IPv4 address
+    alone, or the IPv6 /64, /56 and /48 (repeated bans widen)."""
+    return address_keys(host).scopes
 
 
 class AddressHasher:
@@ -300,15 +286,8 @@ class SocketLimits:
 def socket_key(host: str) -> str | None:
     """The unit :class:`SocketLimits` counts for a TCP peer: its
     :func:`address_key`, or ``None`` for a peer that is no IP address."""
-    if _IPV4.fullmatch(host):
-        return host
-    ip = _ip(host)
-    if ip is None:
-        return None
-    if ip.version == 4:
-        return str(ip)
-    assert isinstance(ip, ipaddress.IPv6Address)
-    return _prefix(ip, 64)
+    keys = _ip_keys(host)
+    return None if keys is None else keys.address
 
 
 @dataclass(frozen=True)
