@@ -41,7 +41,7 @@ from roulette.abuse import (
 )
 from roulette.core import Matchmaker, Stats
 from roulette.logs import Tally, excerpt
-from roulette.transport import has_unsent
+from roulette.transport import has_unsent, peer_host
 
 #: How often, at most, a client hears the ``online`` count (seconds).
 ONLINE_INTERVAL = 1.0
@@ -67,11 +67,6 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 _CONNECTION_DONE = Failure(ConnectionDone())
-
-
-def _peer_host(transport: Any) -> str:
-    peer = transport.getPeer() if transport is not None else None
-    return str(getattr(peer, "host", None) or peer)
 
 
 @dataclass(frozen=True)
@@ -369,10 +364,10 @@ class RouletteProtocol(WebSocketServerProtocol):
         """Admit or refuse the upgrade, before it happens (HTTP 403/429/503)."""
         lobby = self.factory.lobby
         gate = lobby.gate
-        peer = self.transport.getPeer()
-        peer_host = str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
         forwarded = request.headers.get("x-forwarded-for")
-        self.address = client_host(peer_host, [forwarded] if forwarded else [], gate.trust_proxy)
+        self.address = client_host(
+            peer_host(self.transport), [forwarded] if forwarded else [], gate.trust_proxy
+        )
         keys = gate.hasher.keys(self.address)
         self.address_hash = keys.address
         host = request.headers.get("host")
@@ -415,18 +410,15 @@ class RouletteProtocol(WebSocketServerProtocol):
         an escaped excerpt.
         """
         self.wasNotCleanReason = excerpt(reason)
-        ours, self._refusal = self._refusal, None
-        if ours is None:
+        phrase, self._refusal = self._refusal, None
+        if phrase is None:  # Autobahn's own refusal: its reason is not repeated
             self.factory.tally.note(
                 "failed handshake",
                 "failed WebSocket handshake from {address}: {code} {reason}",
-                address=self.address if self.address != "?" else _peer_host(self.transport),
+                address=self.address if self.address != "?" else peer_host(self.transport),
                 code=code,
                 reason=excerpt(reason),
             )
-        if ours is not None:
-            phrase = ours
-        else:
             try:
                 phrase = HTTPStatus(code).phrase
             except ValueError:

@@ -79,6 +79,14 @@ def direct_tcp(reactor: Any) -> Any:
     return DirectTCPReactor(reactor) if isinstance(reactor, PosixReactorBase) else reactor
 
 
+def peer_host(transport: Any) -> str:
+    """The address of ``transport``'s peer as a string: its host (for TCP,
+    the client behind a PROXY-protocol header too), a UNIX socket's name, or
+    whatever else the address says of itself."""
+    peer = transport.getPeer() if transport is not None else None
+    return str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
+
+
 def has_unsent(transport: Any) -> bool:
     """Whether ``transport`` may still hold bytes it has not sent.
 

@@ -24,6 +24,7 @@ from twisted.web.iweb import IRequest
 from roulette.abuse import SocketLimits, request_scheme, socket_key
 from roulette.logs import Tally, excerpt
 from roulette.server import Gate, Lobby, RouletteFactory
+from roulette.transport import peer_host
 
 log = Logger()
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -182,17 +183,8 @@ class DeadlineChannel(http.HTTPChannel):
         # Whatever else arrives (the body, more requests) is not read.
         self.dataReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         self._transferDecoder = None
-        tally = getattr(self.factory, "tally", None)
-        if tally is not None:
-            tally.note(
-                f"refused {code}",
-                "refused a request with {why} from {peer}: {code} {phrase}",
-                why="a body" if code == 413 else "a method other than GET or HEAD",
-                code=code,
-                phrase=_REASONS[code].decode("ascii"),
-                peer=_peer(self.transport),
-            )
-        self.transport.write(_refusal_response(code))
+        why = "a body" if code == 413 else "a method other than GET or HEAD"
+        _refuse(self.transport, getattr(self.factory, "tally", None), code, why)
         self.loseConnection()
 
     def allContentReceived(self) -> None:
@@ -203,10 +195,8 @@ class DeadlineChannel(http.HTTPChannel):
 
     def requestDone(self, request: http.Request) -> None:
         # Armed first: a pipelined request already buffered re-arms it.
-        if self.persistent:
-            self._arm(self.handshake_timeout, "no complete request")
-        else:
-            self._arm(self.handshake_timeout, "response not taken")
+        why = "no complete request" if self.persistent else "response not taken"
+        self._arm(self.handshake_timeout, why)
         super().requestDone(request)
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -231,11 +221,6 @@ def _ignore(data: bytes) -> None:
     pass
 
 
-def _peer(transport: Any) -> str:
-    peer = transport.getPeer() if transport is not None else None
-    return str(getattr(peer, "host", None) or peer)
-
-
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -246,13 +231,22 @@ _REASONS = {
 }
 
 
-def _refusal_response(code: int) -> bytes:
-    """A complete response that refuses a request and closes the connection."""
+def _refuse(transport: Any, tally: Tally | None, code: int, why: str) -> None:
+    """Answer a request with ``code`` and a response that ends the
+    connection (the caller closes it), and count it in the log."""
+    if tally is not None:
+        tally.note(
+            f"refused {code}",
+            "refused a request with {why} from {peer}: {code} {phrase}",
+            why=why,
+            code=code,
+            phrase=_REASONS[code].decode("ascii"),
+            peer=peer_host(transport),
+        )
     allow = b"Allow: GET, HEAD\r\n" if code == 405 else b""
-    return b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n" % (
-        code,
-        _REASONS[code],
-        allow,
+    transport.write(
+        b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n"
+        % (code, _REASONS[code], allow)
     )
 
 
@@ -290,7 +284,7 @@ class Deadline:
         self._call = None
         if transport is None:
             return
-        fields = {"peer": _peer(transport), "why": why, "timeout": timeout}
+        fields = {"peer": peer_host(transport), "why": why, "timeout": timeout}
         if self._tally is not None:
             self._tally.note(
                 f"deadline: {why}", "dropping {peer}: {why} within {timeout} s", **fields
@@ -301,20 +295,27 @@ class Deadline:
 
 
 def _for_public_host(request: server.Request) -> bool:
-    """Whether the request's ``Host`` names the server (``--public-host``).
-
-    Twisted would answer a request with two ``Host`` lines by the last one;
-    here such a request, like one without any, names no public host.
-    """
+    """Whether the request's ``Host`` names the server (``--public-host``)."""
     factory = getattr(request.channel.site, "websocket", None)
     gate = getattr(getattr(factory, "lobby", None), "gate", None)
     if gate is None or not gate.hosts:
         return True
     headers = request.requestHeaders
-    hosts = headers.getRawHeaders(b"host") or []
+    return _serves(
+        gate,
+        headers.getRawHeaders(b"host") or [],
+        headers.getRawHeaders(b"x-forwarded-proto") or [],
+        request.isSecure(),
+    )
+
+
+def _serves(gate: Gate, hosts: list[bytes], protos: list[bytes], secure: bool) -> bool:
+    """Whether a request with these ``Host`` and ``X-Forwarded-Proto`` lines
+    names one of the gate's public hosts.  Twisted would answer a request
+    with two ``Host`` lines by the last one; here such a request, like one
+    without any, names none."""
     host = hosts[0].decode("latin-1") if len(hosts) == 1 else None
-    protos = [p.decode("latin-1") for p in headers.getRawHeaders(b"x-forwarded-proto") or []]
-    scheme = request_scheme(request.isSecure(), protos, gate.trust_proxy)
+    scheme = request_scheme(secure, [p.decode("latin-1") for p in protos], gate.trust_proxy)
     return gate.hosts.allows(host, scheme)
 
 
@@ -551,7 +552,7 @@ class FirstRequest(protocol.Protocol):
 
     def connectionMade(self) -> None:
         site = self._site
-        peer = _peer(self.transport)
+        peer = peer_host(self.transport)
         key = socket_key(peer)
         if not site.open_socket(key, peer):
             self._done = True
@@ -606,10 +607,10 @@ class FirstRequest(protocol.Protocol):
             return
         for name, value in _BODY_HEADER.findall(head):
             value = value.strip()
-            if name.lower() == b"transfer-encoding" or not value.isdigit():
-                self._refuse(413 if name.lower() == b"transfer-encoding" else 400, "a body")
+            if name.lower() == b"content-length" and not value.isdigit():
+                self._refuse(400, "a malformed Content-Length")
                 return
-            if int(value):
+            if name.lower() == b"transfer-encoding" or int(value):
                 self._refuse(413, "a body")
                 return
         websocket = self._site.websocket
@@ -630,15 +631,7 @@ class FirstRequest(protocol.Protocol):
     def _refuse(self, code: int, why: str) -> None:
         self._done = True
         self._buffer = b""
-        self._site.tally.note(
-            f"refused {code}",
-            "refused an upgrade with {why} from {peer}: {code} {phrase}",
-            why=why,
-            code=code,
-            phrase=_REASONS[code].decode("ascii"),
-            peer=_peer(self.transport),
-        )
-        self.transport.write(_refusal_response(code))
+        _refuse(self.transport, self._site.tally, code, why)
         # The deadline still runs: a client that never reads this is dropped.
         self.transport.loseConnection()
 
@@ -684,11 +677,12 @@ def _names_public_host(head: bytes, gate: Gate, transport: Any) -> bool:
     of a request the site reads."""
     if not gate.hosts:
         return True
-    hosts = _HOST_HEADER.findall(head)
-    host = hosts[0].decode("latin-1") if len(hosts) == 1 else None
-    protos = [p.decode("latin-1") for p in _PROTO_HEADER.findall(head)]
-    scheme = request_scheme(ISSLTransport.providedBy(transport), protos, gate.trust_proxy)
-    return gate.hosts.allows(host, scheme)
+    return _serves(
+        gate,
+        _HOST_HEADER.findall(head),
+        _PROTO_HEADER.findall(head),
+        ISSLTransport.providedBy(transport),
+    )
 
 
 def _request_head(request: IRequest) -> bytes:
