@@ -9,7 +9,7 @@ from pathlib import Path
 
 import txaio
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -35,6 +35,7 @@ from roulette.abuse import (
     SocketLimits,
 )
 from roulette.core import MemoryMatchmaker
+from roulette.logs import Tally
 from roulette.server import (
     AUTO_PING_INTERVAL,
     AUTO_PING_TIMEOUT,
@@ -280,6 +281,18 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+class _FlushedTally(Service):
+    """On shutdown, the warnings a tally counted and has not logged yet are
+    logged, and its timer cancelled."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._tally.stop()
+
+
 class _Listener(StreamServerEndpointService):
     """Listens as twistd starts; a port that cannot be had (in use, out of
     range, not permitted) ends the process with one line, not a traceback."""
@@ -385,6 +398,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         limits=limits,
         reactor=reactor,
     )
+    _FlushedTally(factory.tally).setServiceParent(parent)
     per_address = config["max-sockets-per-ip"]
     if per_address is None:
         per_address = 0 if config["trust-proxy"] else MAX_SOCKETS_PER_ADDRESS

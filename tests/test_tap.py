@@ -10,6 +10,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python.usage import UsageError
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -68,6 +69,24 @@ def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path
         assert site.websocket.max_message_length == 42
     finally:
         service.stopService()
+
+
+def test_stopping_logs_what_the_tally_counted(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<html></html>")
+    reactor = MemoryReactorClock()
+    service = makeService(parse("--web-root", str(tmp_path)), reactor=reactor)
+    service.startService()
+    site = reactor.tcpServers[0][1]
+    for n in range(5):
+        site.tally.note("test flood", "flood {n}", n=n)
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert any(e.get("count") == 4 and e.get("kind") == "test flood" for e in seen), seen
+    assert not reactor.getDelayedCalls()
 
 
 def test_health_reports_counts() -> None:
