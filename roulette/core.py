@@ -7,11 +7,19 @@ passed in, so every decision can be replayed in a test.
 
 Two small interfaces connect it to the outside world:
 
-* :class:`Peer` is what the matchmaker calls on a connected client.  The
-  WebSocket protocol implements it by encoding and sending an event.
+* :class:`Peer` is what the matchmaker calls on a connected client: three
+  named pairing events (waiting, paired, partner left) and one generic
+  :meth:`Peer.send_event` for whatever the partner relayed, already encoded
+  as the wire carries it.  The matchmaker never looks inside a relayed event,
+  so a new kind of event (a typing notice, a video offer) needs nothing here.
 * :class:`Matchmaker` is what the transport calls.  :class:`MemoryMatchmaker`
-  implements it for a single process; a backend shared by many processes can
-  implement the same interface without the transport noticing.
+  implements it for a single process, where every call completes before it
+  returns.  The interface does not rely on that: its calls return nothing
+  the transport must wait for (a report's outcome comes to a callback), and
+  the transport keeps for itself what it must know at once, such as whether
+  its client has a partner (from the pairing events it was sent).  A
+  matchmaker in another process (a shared store, say) can then complete its
+  calls later, and deliver the events they cause when they arrive.
 
 Pairing rules (see ``docs/protocol.md``):
 
@@ -24,8 +32,8 @@ Pairing rules (see ``docs/protocol.md``):
   the other are never eligible for each other again.  When such a cooldown runs out while both still
   wait, they must be paired at that moment: :meth:`Matchmaker.next_deadline`
   tells the caller when to call :meth:`Matchmaker.advance`.
-* A message goes to the sender's partner at the moment it is handled, and to
-  nobody else.
+* A relayed event goes to the sender's partner at the moment it is handled,
+  and to nobody else.
 """
 
 from __future__ import annotations
@@ -54,14 +62,11 @@ class Peer(Protocol):
     def send_paired(self) -> None:
         """You have a partner."""
 
-    def send_message(self, text: str) -> None:
-        """Your partner said ``text``."""
-
-    def send_typing(self, active: bool) -> None:
-        """Your partner started (``True``) or stopped (``False``) typing."""
-
     def send_partner_left(self) -> None:
         """Your chat ended; you are idle."""
+
+    def send_event(self, event: bytes) -> None:
+        """Your partner relayed ``event``, encoded as the wire carries it."""
 
 
 @dataclass(frozen=True)
@@ -106,23 +111,27 @@ class Matchmaker(Protocol):
     def stop(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue; the peer is idle."""
 
-    def report(self, peer: Peer) -> ReportedChat | None:
+    def report(
+        self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
+    ) -> None:
         """End the chat like :meth:`next`, and never pair these two identities
-        again.  Returns the reported partner, its identity, how long the chat
-        lasted and whether the partner sent a message in it; or ``None`` (and
-        does nothing) when the peer has no partner."""
+        again.  ``reported`` is called, now or later, with the reported
+        partner, its identity, how long the chat lasted and whether the
+        partner said anything in it; or with ``None`` (and nothing is done)
+        when the peer had no partner by the time the report was handled."""
 
     def disconnect(self, peer: Peer) -> None:
         """The client is gone; its partner, if any, is told."""
 
-    def relay_message(self, peer: Peer, text: str) -> bool:
-        """Deliver ``text`` to the peer's partner; ``False`` if it has none."""
-
-    def relay_typing(self, peer: Peer, active: bool) -> bool:
-        """Deliver a typing notice to the peer's partner; ``False`` if it has none."""
+    def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
+        """Deliver ``event`` to the partner the peer has when this is handled
+        (:meth:`Peer.send_event`); without one it is dropped.  ``said``: the
+        event is something the peer said in the chat (a message, not a
+        typing notice), which a report of the peer takes into account."""
 
     def stats(self) -> Stats:
-        """Counts for ``/healthz`` and the ``online`` event."""
+        """Counts for ``/healthz`` and the ``online`` event (a matchmaker
+        in another process may answer with its latest snapshot)."""
 
     def next_deadline(self) -> float | None:
         """The clock time at which :meth:`advance` must run, or ``None``."""
@@ -200,7 +209,15 @@ class MemoryMatchmaker:
         self._advance(now)
         self._leave(peer, now)
 
-    def report(self, peer: Peer) -> ReportedChat | None:
+    def report(
+        self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
+    ) -> None:
+        chat = self.report_now(peer)
+        if reported is not None:
+            reported(chat)
+
+    def report_now(self, peer: Peer) -> ReportedChat | None:
+        """:meth:`report`, with its outcome returned."""
         self._require_online(peer)
         partner = self._partner.get(peer)
         if partner is None:
@@ -239,20 +256,12 @@ class MemoryMatchmaker:
             if not others:
                 del self._recent[other]
 
-    def relay_message(self, peer: Peer, text: str) -> bool:
+    def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         partner = self._partner.get(peer)
-        if partner is None:
-            return False
-        self._sent.add(peer)
-        partner.send_message(text)
-        return True
-
-    def relay_typing(self, peer: Peer, active: bool) -> bool:
-        partner = self._partner.get(peer)
-        if partner is None:
-            return False
-        partner.send_typing(active)
-        return True
+        if partner is not None:
+            if said:
+                self._sent.add(peer)
+            partner.send_event(event)
 
     def stats(self) -> Stats:
         return Stats(len(self._online), len(self._waiting), len(self._partner))

@@ -1,50 +1,31 @@
-"""The WebSocket shell around the matchmaker.
+"""The WebSocket protocol and its factory.
 
 :class:`RouletteProtocol` is an adapter: it decodes a frame, validates it
-(:mod:`roulette.wire`), dispatches it to the :class:`~roulette.core.Matchmaker`
-and encodes what the matchmaker tells it.  :class:`Lobby` puts a matchmaker on
-the reactor's clock: it wakes the matchmaker when a cooldown runs out and
-tells every client how many people are online.
+(:mod:`roulette.wire`), charges the command's budget, dispatches it to the
+:class:`~roulette.lobby.Lobby` and encodes what comes back.  It is the
+:class:`~roulette.lobby.Client` the lobby and the matchmaker talk to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from roulette import framing, wire
-from roulette.abuse import (
-    AddressHasher,
-    AddressKeys,
-    AddressLimits,
-    OriginPolicy,
-    PublicHosts,
-    Reports,
-    TokenBucket,
-    WindowCounter,
-    client_host,
-    request_scheme,
-)
-from roulette.core import Matchmaker, Stats
+from roulette.abuse import AddressKeys, TokenBucket, WindowCounter, client_host, request_scheme
+from roulette.limits import Limits
+from roulette.lobby import ONLINE_INTERVAL, Lobby
 from roulette.logs import Tally, excerpt
 from roulette.transport import has_unsent, peer_host
-
-#: How often, at most, a client hears the ``online`` count (seconds).
-ONLINE_INTERVAL = 1.0
 
 #: Auto-ping: a client that answers no ping within the timeout is dropped.
 AUTO_PING_INTERVAL = 20.0
@@ -53,9 +34,6 @@ AUTO_PING_TIMEOUT = 10.0
 CLOSE_UNSUPPORTED_DATA = WebSocketProtocol.CLOSE_STATUS_CODE_UNSUPPORTED_DATA
 CLOSE_POLICY_VIOLATION = WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION
 CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
-
-#: How often the abuse controls forget what has expired (seconds).
-HOUSEKEEPING_INTERVAL = 60.0
 
 #: Seconds a connection being closed may take to read what it was sent last.
 CLOSE_LINGER = 5.0
@@ -69,227 +47,8 @@ _CLOSED = WebSocketProtocol.STATE_CLOSED
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-connection budgets; see ``docs/security.md``."""
-
-    #: Chat messages: tokens a second and the most saved up.
-    message_rate: float = 5.0
-    message_burst: float = 10.0
-    #: Typing notices (the page sends at most one every two seconds).
-    typing_rate: float = 1.0
-    typing_burst: float = 5.0
-    #: next, stop and report: each of them churns the queue.
-    queue_rate: float = 1.0
-    queue_burst: float = 5.0
-    #: This many refused frames within the window close the connection (1008).
-    flood_refusals: int = 50
-    flood_window: float = 10.0
-    #: Bytes a connection may have waiting to be sent before it is dropped;
-    #: everything written counts (events, pongs, close frames).
-    send_buffer_limit: int = 256 * 1024
-    #: Pings and pongs from a client: a second, and at once.  A browser sends
-    #: none (it answers the server's pings only); past the burst, 1008.
-    control_rate: float = 1.0
-    control_burst: float = 10.0
-    #: Frames one fragmented message may come in; past it, 1008.
-    max_fragments: int = 64
-
-
-@dataclass
-class Gate:
-    """Who may open a WebSocket: origins, per-address caps and bans."""
-
-    origins: OriginPolicy = field(default_factory=OriginPolicy)
-    addresses: AddressLimits = field(default_factory=lambda: AddressLimits(8, 60, 0))
-    reports: Reports | None = None
-    hasher: AddressHasher = field(default_factory=AddressHasher)
-    #: How many ``X-Forwarded-For`` hops (proxies in front of us) to believe.
-    trust_proxy: int = 0
-    #: The names the server answers for (none: any ``Host``).
-    hosts: PublicHosts = field(default_factory=PublicHosts)
-
-
 # Module-level: Autobahn's protocol keeps its own (level-filtered) ``self.log``.
 log = Logger()
-
-
-class Lobby(Service):
-    """The process's matchmaker, driven by the reactor's clock.
-
-    The protocol calls it, never the matchmaker itself.  It forwards each call
-    to the :class:`~roulette.core.Matchmaker`; after those that change who
-    waits it makes sure :meth:`~roulette.core.Matchmaker.advance` runs at
-    the matchmaker's next deadline.  While running it also sends each client
-    the ``online`` count when it has changed, at most once per
-    ``ONLINE_INTERVAL``.
-    """
-
-    def __init__(
-        self,
-        matchmaker: Matchmaker,
-        reactor: IReactorTime,
-        gate: Gate | None = None,
-        shutdown_grace: float = 5.0,
-    ) -> None:
-        self.matchmaker = matchmaker
-        self._reactor = reactor
-        self.gate = gate if gate is not None else Gate(reports=Reports(reactor.seconds))
-        self.shutdown_grace = shutdown_grace
-        self._wakeup: IDelayedCall | None = None
-        self._clients: dict[RouletteProtocol, None] = {}
-        self._online_ticker = LoopingCall(self._broadcast_online)
-        self._online_ticker.clock = reactor
-        self._housekeeping = LoopingCall(self._prune)
-        self._housekeeping.clock = reactor
-        self._online_sent = -1
-        self._drained: Deferred[None] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._online_ticker.start(ONLINE_INTERVAL, now=False)
-        self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        """Tell every client the server is going away (close 1001), and wait
-        up to ``shutdown_grace`` seconds for them to go before dropping the
-        rest."""
-        super().stopService()
-        for ticker in (self._online_ticker, self._housekeeping):
-            if ticker.running:
-                ticker.stop()
-        if self._wakeup is not None and self._wakeup.active():
-            self._wakeup.cancel()
-        self._wakeup = None
-        if not self._clients:
-            return succeed(None)
-        log.info("shutting down: closing {n} connections", n=len(self._clients))
-        self._drained = drained = Deferred()
-        for client in list(self._clients):
-            client.going_away()
-        timer = self._reactor.callLater(self.shutdown_grace, self._drop_the_rest)
-        drained.addBoth(lambda result: timer.cancel() if timer.active() else None)
-        return drained
-
-    def _drop_the_rest(self) -> None:
-        log.info("shutdown grace over: dropping {n} connections", n=len(self._clients))
-        for client in list(self._clients):
-            client.dropConnection(abort=True)
-        self._clients.clear()
-        self._fire_drained()
-
-    def _fire_drained(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None:
-            drained.callback(None)
-
-    def _prune(self) -> None:
-        now = self._reactor.seconds()
-        self.gate.addresses.prune(now)
-        if self.gate.reports is not None:
-            self.gate.reports.prune()
-
-    # -- what the protocol calls -------------------------------------------
-
-    def join(self, client: RouletteProtocol, identity: Hashable | None = None) -> None:
-        """A client finished its handshake: tell it the count, then queue it."""
-        self._clients[client] = None
-        # The count it is told includes itself; it must arrive before "waiting".
-        client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
-        self._online_sent = -1  # the newcomer may have heard another count
-        self.matchmaker.connect(client, identity)
-        self._reschedule()
-
-    def leave(self, client: RouletteProtocol) -> None:
-        if client in self._clients:
-            del self._clients[client]
-            self.matchmaker.disconnect(client)
-            self._reschedule()
-        if self._drained is not None and not self._clients:
-            self._fire_drained()
-
-    def report(self, client: RouletteProtocol) -> bool:
-        """End the client's chat for good; ban the partner's address if enough
-        people reported it (see :class:`~roulette.abuse.Reports`).  ``False``
-        when the client had no partner."""
-        chat = self.matchmaker.report(client)
-        self._reschedule()
-        if chat is None:
-            return False
-        reports = self.gate.reports
-        partner = chat.partner
-        if reports is not None and isinstance(partner, RouletteProtocol):
-            ban = reports.report(
-                client.keys, partner.keys, seconds=chat.seconds, sent=chat.partner_sent
-            )
-            if ban is not None:
-                self.ban(ban.scope, ban.until)
-        return True
-
-    def ban(self, scope: str, until: float) -> None:
-        """Close every connection from a banned address or network (``scope``
-        is one of :attr:`RouletteProtocol.keys`' scopes)."""
-        banned = [c for c in self._clients if scope in c.keys.scopes]
-        log.warn(
-            "banned {peers} until {until:.0f} after reports",
-            peers=[c.address for c in banned],
-            until=until,
-        )
-        for client in banned:
-            client.ban(until)
-
-    def next(self, client: RouletteProtocol) -> None:
-        self.matchmaker.next(client)
-        self._reschedule()
-
-    def stop(self, client: RouletteProtocol) -> None:
-        self.matchmaker.stop(client)
-        self._reschedule()
-
-    def relay_message(self, client: RouletteProtocol, text: str) -> bool:
-        return self.matchmaker.relay_message(client, text)
-
-    def banned_until(self, *scopes: str) -> float | None:
-        """When the latest ban covering any of the hashed ``scopes`` ends."""
-        reports = self.gate.reports
-        return None if reports is None else reports.banned_until(*scopes)
-
-    def relay_typing(self, client: RouletteProtocol, active: bool) -> bool:
-        return self.matchmaker.relay_typing(client, active)
-
-    def stats(self) -> Stats:
-        return self.matchmaker.stats()
-
-    # -- timers --------------------------------------------------------------
-
-    def _reschedule(self) -> None:
-        deadline = self.matchmaker.next_deadline()
-        wakeup = self._wakeup
-        if wakeup is not None and wakeup.active():
-            if deadline is not None and wakeup.getTime() == deadline:
-                return
-            wakeup.cancel()
-        self._wakeup = None
-        if deadline is not None:
-            delay = max(0.0, deadline - self._reactor.seconds())
-            self._wakeup = self._reactor.callLater(delay, self._wake)
-
-    def _wake(self) -> None:
-        self._wakeup = None
-        self.matchmaker.advance()
-        self._reschedule()
-
-    def _broadcast_online(self) -> None:
-        count = self.matchmaker.stats().online
-        if count == self._online_sent:
-            return
-        now = self._reactor.seconds()
-        current = True
-        for client in self._clients:
-            if not client.send_online(count, now):
-                current = False
-        # Clients told less than an interval ago are told at the next tick.
-        self._online_sent = count if current else -1
 
 
 @implementer(IPushProducer)
@@ -336,6 +95,9 @@ class RouletteProtocol(WebSocketServerProtocol):
     _keys: AddressKeys | None = None
     _admitted = False
     _joined = False
+    #: Whether the client has a partner, as the pairing events it was sent
+    #: say: what ``not_paired`` is decided on, without asking the matchmaker.
+    _paired = False
     _online_count = -1
     _online_at = float("-inf")
     _send_buffer: _SendBuffer | None = None
@@ -376,20 +138,22 @@ class RouletteProtocol(WebSocketServerProtocol):
             ISSLTransport.providedBy(self.transport), [proto] if proto else [], gate.trust_proxy
         )
         if not gate.hosts.allows(host, scheme):
-            self._refuse(421, "Misdirected Request", host=host)
+            self._deny_handshake(421, "Misdirected Request", host=host)
         if not gate.origins.allows(request.origin, host, scheme):
-            self._refuse(403, "origin not allowed", origin=request.origin)
+            self._deny_handshake(403, "origin not allowed", origin=request.origin)
         until = lobby.banned_until(*keys.scopes)
         if until is not None:
-            self._refuse(403, "banned", until=until)
+            self._deny_handshake(403, "banned", until=until)
         refused = gate.addresses.admit(self.address_hash, self.factory.reactor.seconds())
         if refused == "total":
-            self._refuse(503, "server full")
+            self._deny_handshake(503, "server full")
         if refused is not None:
-            self._refuse(429, f"too many connections from this address ({refused})")
+            self._deny_handshake(429, f"too many connections from this address ({refused})")
         self._admitted = True
 
-    def _refuse(self, code: int, reason: str, **details: object) -> None:
+    def _deny_handshake(self, code: int, reason: str, **details: object) -> None:
+        """Answer the upgrade with HTTP ``code`` (see :meth:`failHandshake`),
+        counting it in the warning tally."""
         self.factory.tally.note(
             f"refused {code} {reason}",
             "refused handshake from {address}: {code} {reason} {details}",
@@ -586,38 +350,49 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._command(payload)
 
     def _command(self, payload: bytes | str) -> None:
+        """Decode, validate and dispatch one command; each branch charges
+        its own budget first."""
         lobby = self.factory.lobby
         now = self.factory.reactor.seconds()
         try:
-            command = wire.parse_command(payload, self.factory.max_message_length)
+            command = wire.parse_command(payload, self.factory.limits.max_message_length)
             match command:
-                case wire.Message(text):
+                case wire.Message(text, id):
                     if not self._message_budget.take(now):
-                        raise _rate_limited()
-                    if not lobby.relay_message(self, text):
+                        raise _rate_limited(id)
+                    if not self._paired:
                         raise wire.CommandError(
-                            wire.NOT_PAIRED, "You have no partner to send a message to."
+                            wire.NOT_PAIRED, "You have no partner to send a message to.", id
                         )
+                    lobby.relay(self, wire.encode_message(text), True)
+                    if id is not None:
+                        self._send(wire.encode_sent(id))
                 case wire.Typing(active):
                     if not self._typing_budget.take(now):
-                        self._refused(now)  # dropped, as typing without a partner is
-                        return
-                    lobby.relay_typing(self, active)
-                case _ if not self._queue_budget.take(now):
-                    raise _rate_limited()
+                        self._count_refusal(now)  # dropped, as typing without a partner is
+                    elif self._paired:
+                        lobby.relay(self, wire.encode_typing(active))
                 case wire.Next():
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
                     lobby.next(self)
                 case wire.Stop():
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
+                    self._paired = False
                     lobby.stop(self)
                 case wire.Report():
-                    if not lobby.report(self):
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
+                    if not self._paired:
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
-                    log.info("client {address} reported its partner", address=self.address)
+                    lobby.report(self)
         except wire.CommandError as error:
-            self._send(wire.encode_error(error.code, error.message))
-            self._refused(now)
+            self._send(wire.encode_error(error.code, error.message, error.id))
+            self._count_refusal(now)
 
-    def _refused(self, now: float) -> None:
+    def _count_refusal(self, now: float) -> None:
+        """Count a refused frame; too many of them close the connection."""
         limits = self.factory.limits
         if (
             self._refusals.add(now) >= limits.flood_refusals
@@ -694,7 +469,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                 linger.cancel()
         super().connectionLost(reason)
 
-    # -- what the lobby calls --------------------------------------------------
+    # -- Client: what the lobby and the matchmaker call --------------------
 
     def ban(self, until: float) -> None:
         self._send(wire.encode_banned(until))
@@ -704,26 +479,28 @@ class RouletteProtocol(WebSocketServerProtocol):
         # sendClose() refuses 1001; sendCloseFrame() does not.
         self._close(CLOSE_GOING_AWAY, "server shutting down")
 
-    # -- Peer ----------------------------------------------------------------
+    def drop(self) -> None:
+        self.dropConnection(abort=True)
 
     def send_waiting(self) -> None:
+        self._paired = False
         self._send(wire.WAITING)
 
     def send_paired(self) -> None:
+        self._paired = True
         log.info("client {address} paired", address=self.address)
         self._send(wire.PAIRED)
 
-    def send_message(self, text: str) -> None:
-        self._send(wire.encode_message(text))
-
-    def send_typing(self, active: bool) -> None:
-        self._send(wire.encode_typing(active))
-
     def send_partner_left(self) -> None:
+        self._paired = False
         self._send(wire.PARTNER_LEFT)
 
+    def send_event(self, event: bytes) -> None:
+        self._send(event)
+
     def send_online(self, count: int, now: float) -> bool:
-        """Send the ``online`` count unless sent less than an interval ago.
+        """Send the ``online`` count unless sent less than an interval ago;
+        the first also tells the client its limits.
 
         Returns whether the client now knows ``count``.
         """
@@ -731,17 +508,18 @@ class RouletteProtocol(WebSocketServerProtocol):
             return True
         if now - self._online_at < ONLINE_INTERVAL:
             return False
+        first = self._online_count < 0
         self._online_count = count
         self._online_at = now
-        self._send(wire.encode_online(count))
+        self._send(wire.encode_online(count, self.factory.client_limits if first else b""))
         return True
 
 
-def _rate_limited() -> wire.CommandError:
+def _rate_limited(id: int | None = None) -> wire.CommandError:
     # A fresh exception every time: raising one shared instance would chain
     # every traceback onto it and keep all those frames alive.
     return wire.CommandError(
-        wire.RATE_LIMITED, "You are sending too fast; this one was not delivered."
+        wire.RATE_LIMITED, "You are sending too fast; this one was not delivered.", id
     )
 
 
@@ -753,7 +531,6 @@ class RouletteFactory(WebSocketServerFactory):
     def __init__(
         self,
         lobby: Lobby,
-        max_message_length: int = 2000,
         auto_ping_interval: float = AUTO_PING_INTERVAL,
         auto_ping_timeout: float = AUTO_PING_TIMEOUT,
         limits: Limits | None = None,
@@ -762,8 +539,9 @@ class RouletteFactory(WebSocketServerFactory):
         kwargs.setdefault("server", None)  # no "Server: AutobahnPython/<version>"
         super().__init__(**kwargs)
         self.lobby = lobby
-        self.max_message_length = max_message_length
-        self.limits = limits if limits is not None else Limits()
+        self.limits = limits = limits if limits is not None else Limits()
+        #: What the first ``online`` event tells each client, encoded once.
+        self.client_limits = wire.encode_limits(limits.for_clients())
         #: Repeated warnings (floods, deadlines, slow consumers) at most once a minute.
         self.tally = Tally(self.reactor)
         self.setProtocolOptions(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import txaio
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -35,15 +36,10 @@ from roulette.abuse import (
     SocketLimits,
 )
 from roulette.core import MemoryMatchmaker
+from roulette.limits import DEFAULT, Limits
+from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally
-from roulette.server import (
-    AUTO_PING_INTERVAL,
-    AUTO_PING_TIMEOUT,
-    Gate,
-    Limits,
-    Lobby,
-    RouletteFactory,
-)
+from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, RouletteFactory
 from roulette.transport import direct_tcp
 from roulette.website import (
     HANDSHAKE_TIMEOUT,
@@ -76,7 +72,7 @@ class Options(usage.Options):
         [
             "max-message-length",
             None,
-            2000,
+            DEFAULT.max_message_length,
             f"Longest chat message accepted, in characters (1 to {wire.MAX_TEXT_LIMIT}).",
             int,
         ],
@@ -109,17 +105,41 @@ class Options(usage.Options):
             "must have arrived in full.",
             float,
         ],
-        ["message-rate", None, 5.0, "Chat messages a connection may send a second.", float],
-        ["message-burst", None, 10.0, "Chat messages a connection may send at once.", float],
-        ["max-per-ip", None, 8, "Concurrent WebSocket connections per address (IPv6: /64).", int],
+        [
+            "message-rate",
+            None,
+            DEFAULT.message_rate,
+            "Chat messages a connection may send a second.",
+            float,
+        ],
+        [
+            "message-burst",
+            None,
+            DEFAULT.message_burst,
+            "Chat messages a connection may send at once.",
+            float,
+        ],
+        [
+            "max-per-ip",
+            None,
+            DEFAULT.max_per_address,
+            "Concurrent WebSocket connections per address (IPv6: /64).",
+            int,
+        ],
         [
             "connects-per-minute",
             None,
-            60,
+            DEFAULT.connects_per_minute,
             "New WebSocket connections per address a minute (IPv6: /64).",
             int,
         ],
-        ["max-connections", None, 0, "WebSocket connections in all (0: no cap).", int],
+        [
+            "max-connections",
+            None,
+            DEFAULT.max_connections,
+            "WebSocket connections in all (0: no cap).",
+            int,
+        ],
         [
             "max-sockets-per-ip",
             None,
@@ -155,7 +175,7 @@ class Options(usage.Options):
         [
             "send-buffer-limit",
             None,
-            262144,
+            DEFAULT.send_buffer_limit,
             "Bytes waiting to be sent to a client that does not read before it is dropped.",
             int,
         ],
@@ -293,19 +313,27 @@ class _FlushedTally(Service):
         self._tally.stop()
 
 
-class _Listener(StreamServerEndpointService):
-    """Listens as twistd starts; a port that cannot be had (in use, out of
+class _Listener(MultiService):
+    """The listening service: a port that cannot be had (in use, out of
     range, not permitted) ends the process with one line, not a traceback."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, port: str):
-        super().__init__(endpoint, factory)
+    def __init__(self, listener: IService, port: str) -> None:
+        super().__init__()
         self._description = port
-        # Fail at start-up (twistd exits non-zero) when the port cannot be bound.
-        self._raiseSynchronously = True
+        listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
-        try:
+        with self._one_line():
             super().privilegedStartService()
+
+    def startService(self) -> None:
+        with self._one_line():
+            super().startService()
+
+    @contextmanager
+    def _one_line(self) -> Iterator[None]:
+        try:
+            yield
         except (CannotListenError, OverflowError, OSError) as error:
             raise SystemExit(
                 f"roulette: cannot listen on --port {self._description}: {_reason(error)}"
@@ -367,11 +395,20 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     matchmaker = MemoryMatchmaker(
         random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
     )
+    limits = Limits(
+        max_message_length=config["max-message-length"],
+        message_rate=config["message-rate"],
+        message_burst=config["message-burst"],
+        send_buffer_limit=config["send-buffer-limit"],
+        max_per_address=config["max-per-ip"],
+        connects_per_minute=config["connects-per-minute"],
+        max_connections=config["max-connections"],
+    )
     ban_seconds = config["ban-minutes"] * 60
     gate = Gate(
         origins=OriginPolicy(tuple(config["allowed-origin"])),
         addresses=AddressLimits(
-            config["max-per-ip"], config["connects-per-minute"], config["max-connections"]
+            limits.max_per_address, limits.connects_per_minute, limits.max_connections
         ),
         reports=Reports(
             clock.seconds,
@@ -385,14 +422,8 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     )
     lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
     lobby.setServiceParent(parent)
-    limits = Limits(
-        message_rate=config["message-rate"],
-        message_burst=config["message-burst"],
-        send_buffer_limit=config["send-buffer-limit"],
-    )
     factory = RouletteFactory(
         lobby,
-        max_message_length=config["max-message-length"],
         auto_ping_interval=config["auto-ping-interval"],
         auto_ping_timeout=config["auto-ping-timeout"],
         limits=limits,
@@ -413,7 +444,9 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     )
     # TCP connections that send at once when nothing is buffered: one
     # syscall per relayed message instead of a loop turn and three.
-    endpoint = endpoints.serverFromString(direct_tcp(reactor), config["port"])
-    listener = _Listener(_Listening(endpoint, site.listening), site, config["port"])
-    listener.setServiceParent(parent)
+    # strports.service fails at start-up (twistd exits non-zero) when the
+    # port cannot be bound; the site must know its port to pause it.
+    listener = strports.service(config["port"], site, reactor=direct_tcp(reactor))
+    listener.endpoint = _Listening(listener.endpoint, site.listening)
+    _Listener(listener, config["port"]).setServiceParent(parent)
     return parent

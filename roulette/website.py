@@ -22,8 +22,9 @@ from twisted.web import http, pages, resource, server, static
 from twisted.web.iweb import IRequest
 
 from roulette.abuse import SocketLimits, request_scheme, socket_key
+from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally, excerpt
-from roulette.server import Gate, Lobby, RouletteFactory
+from roulette.server import RouletteFactory
 from roulette.transport import peer_host
 
 log = Logger()

@@ -30,12 +30,19 @@ RATE_LIMITED = "rate_limited"
 #: Longest ``reason`` a report may give, in characters.
 MAX_REASON_LENGTH = 500
 
+#: Largest ``id`` a message may carry: the largest integer a JavaScript
+#: number holds exactly.
+MAX_ID = 2**53 - 1
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     text: str
+    #: The client's name for this message: when given, the server answers
+    #: ``sent`` or an ``error`` carrying it.
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +74,12 @@ _STOP = Stop()
 class CommandError(Exception):
     """A frame was refused; ``code`` and ``message`` go into an ``error`` event."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, id: int | None = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
+        #: The ``id`` of the refused ``message`` command, if it gave a valid one.
+        self.id = id
 
 
 def parse_command(payload: bytes | str, max_length: int) -> Command:
@@ -92,15 +101,22 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
     kind = obj.get("type")
     if kind == "message":
         text = obj.get("text")
+        id = obj.get("id")
+        if id is not None and (type(id) is not int or not 0 <= id <= MAX_ID):
+            raise CommandError(
+                BAD_MESSAGE, f'The "id" of a message must be a whole number from 0 to {MAX_ID}.'
+            )
         if not isinstance(text, str):
-            raise CommandError(BAD_MESSAGE, 'A message needs a string field "text".')
+            raise CommandError(BAD_MESSAGE, 'A message needs a string field "text".', id)
         if not text or text.isspace():
-            raise CommandError(BAD_MESSAGE, "A message must not be empty or only whitespace.")
+            raise CommandError(BAD_MESSAGE, "A message must not be empty or only whitespace.", id)
         if _LONE_SURROGATE.search(text):
-            raise CommandError(BAD_MESSAGE, "The message text is not valid Unicode.")
+            raise CommandError(BAD_MESSAGE, "The message text is not valid Unicode.", id)
         if len(text) > max_length:
-            raise CommandError(TOO_LONG, f"A message may be at most {max_length} characters long.")
-        return Message(text)
+            raise CommandError(
+                TOO_LONG, f"A message may be at most {max_length} characters long.", id
+            )
+        return Message(text, id)
     if kind == "typing":
         active = obj.get("active")
         if not isinstance(active, bool):
@@ -147,8 +163,26 @@ def encode_typing(active: bool) -> bytes:
     return TYPING_ON if active else TYPING_OFF
 
 
-def encode_online(count: int) -> bytes:
+def encode_online(count: int, limits: bytes = b"") -> bytes:
+    """The ``online`` event; the first one a client gets also carries the
+    ``limits`` it must respect (see :func:`encode_limits`)."""
+    if limits:
+        return b'{"type":"online","count":%d,"limits":%s}' % (count, limits)
     return b'{"type":"online","count":%d}' % count
+
+
+def encode_limits(limits: dict[str, float]) -> bytes:
+    """The ``limits`` field of the first ``online`` event, encoded once.
+    Whole numbers are written as integers."""
+    return json.dumps(
+        {name: int(value) if value == int(value) else value for name, value in limits.items()},
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def encode_sent(id: int) -> bytes:
+    """The ``sent`` event: the message the client named ``id`` was relayed."""
+    return b'{"type":"sent","id":%d}' % id
 
 
 def encode_banned(until: float) -> bytes:
@@ -156,5 +190,8 @@ def encode_banned(until: float) -> bytes:
     return b'{"type":"banned","until":%d}' % math.ceil(until)
 
 
-def encode_error(code: str, message: str) -> bytes:
-    return _frame({"type": "error", "code": code, "message": message})
+def encode_error(code: str, message: str, id: int | None = None) -> bytes:
+    """The ``error`` event; ``id`` names the refused message, if it gave one."""
+    if id is None:
+        return _frame({"type": "error", "code": code, "message": message})
+    return _frame({"type": "error", "code": code, "message": message, "id": id})

@@ -25,15 +25,12 @@ class RecordingPeer:
         self.events.append(("paired",))
         self.status = "paired"
 
-    def send_message(self, text: str) -> None:
-        self.events.append(("message", text))
-
-    def send_typing(self, active: bool) -> None:
-        self.events.append(("typing", active))
-
     def send_partner_left(self) -> None:
         self.events.append(("partner_left",))
         self.status = "partner_left"
+
+    def send_event(self, event: bytes) -> None:
+        self.events.append(("event", event))
 
     def take(self) -> list[tuple[Any, ...]]:
         """The events received since the last call."""

@@ -4,6 +4,7 @@ Autobahn's in-memory agent (no sockets)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any
@@ -15,7 +16,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from roulette.abuse import Reports
 from roulette.core import MemoryMatchmaker
-from roulette.server import Gate, Limits, Lobby, RouletteFactory
+from roulette.limits import Limits
+from roulette.lobby import Gate, Lobby
+from roulette.server import RouletteFactory
 
 
 class Client(WebSocketClientProtocol):
@@ -48,7 +51,7 @@ class Harness:
     def __init__(
         self,
         cooldown: float = 60.0,
-        max_message_length: int = 2000,
+        max_message_length: int | None = None,
         limits: Limits | None = None,
         gate: Gate | None = None,
     ) -> None:
@@ -60,9 +63,10 @@ class Harness:
         self.lobby = Lobby(self.matchmaker, self.clock, gate)
         self.lobby.startService()
         # The protocol reads the time from its factory's reactor: the same clock.
-        self.factory = RouletteFactory(
-            self.lobby, max_message_length=max_message_length, limits=limits, reactor=self.clock
-        )
+        limits = limits or Limits()
+        if max_message_length is not None:
+            limits = dataclasses.replace(limits, max_message_length=max_message_length)
+        self.factory = RouletteFactory(self.lobby, limits=limits, reactor=self.clock)
         self.pumper = create_pumper()
         self.agent = create_memory_agent(
             MemoryReactorClock(), self.pumper, lambda: self.factory.buildProtocol(None)

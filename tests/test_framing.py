@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from memory import Client, Harness
 
 from roulette import framing
-from roulette.server import Limits
+from roulette.limits import Limits
 
 
 def client_frame(

@@ -16,7 +16,8 @@ from twisted.logger import globalLogPublisher
 
 from roulette import wire
 from roulette.abuse import AddressLimits
-from roulette.server import Gate, Limits
+from roulette.limits import Limits
+from roulette.lobby import Gate
 
 ERROR_CODES = {"bad_json", "bad_message", "too_long", "not_paired", "rate_limited"}
 CLOSE_CODES = {1003, 1007, 1008, 1009}

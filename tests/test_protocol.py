@@ -12,7 +12,7 @@ import pytest_twisted
 from memory import Client, Harness
 from twisted.internet import defer
 
-from roulette.server import Limits
+from roulette.limits import Limits
 
 
 def error(code: str) -> dict[str, Any]:
@@ -25,10 +25,25 @@ def errors(client: Client) -> list[str]:
     return [e["code"] for e in events]
 
 
+#: What the first ``online`` event tells a client under the default limits.
+DEFAULT_LIMITS = {
+    "message_length": 2000,
+    "message_rate": 5,
+    "message_burst": 10,
+    "typing_rate": 1,
+    "typing_burst": 5,
+    "command_rate": 1,
+    "command_burst": 5,
+}
+
+
 @pytest_twisted.ensureDeferred
 async def test_new_connection_gets_online_then_waiting(harness: Harness) -> None:
     a = await harness.connect()
-    assert a.take() == [{"type": "online", "count": 1}, {"type": "waiting"}]
+    assert a.take() == [
+        {"type": "online", "count": 1, "limits": DEFAULT_LIMITS},
+        {"type": "waiting"},
+    ]
     assert harness.lobby.stats().as_dict() == {"online": 1, "waiting": 1, "chatting": 0}
 
 
@@ -163,9 +178,9 @@ async def test_online_count_updates_at_most_once_a_second(harness: Harness) -> N
     harness.tick(1.0)
     assert a.take() == []  # nothing changed
     b = await harness.connect()
-    assert b.take()[0] == {"type": "online", "count": 2}
+    assert b.take()[0] == {"type": "online", "count": 2, "limits": DEFAULT_LIMITS}
     c = await harness.connect()
-    assert c.take()[0] == {"type": "online", "count": 3}
+    assert c.take()[0] == {"type": "online", "count": 3, "limits": DEFAULT_LIMITS}
     assert [e for e in a.take() if e["type"] == "online"] == []  # not at once
     harness.tick(1.0)
     assert [e for e in a.take() if e["type"] == "online"] == [{"type": "online", "count": 3}]
@@ -628,3 +643,124 @@ async def test_one_answer_to_odd_json_whichever_way_it_is_read(
     a.sendMessage(payload.encode("utf-8"), fragmentSize=fragment)
     harness.pump()
     assert errors(a) == ["bad_json"]
+
+
+# -- limits and message ids -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_online_event_carries_the_limits_in_force() -> None:
+    h = Harness(
+        limits=Limits(max_message_length=500, message_rate=2.5, message_burst=4, queue_burst=3)
+    )
+    try:
+        a = await h.connect()
+        first = a.take()[0]
+        assert first["type"] == "online"
+        assert first["limits"] == {
+            "message_length": 500,
+            "message_rate": 2.5,
+            "message_burst": 4,
+            "typing_rate": 1,
+            "typing_burst": 5,
+            "command_rate": 1,
+            "command_burst": 3,
+        }
+        b = await h.connect()
+        h.tick(1.0)
+        # Later counts carry only the count.
+        assert [e for e in a.take() if e["type"] == "online"] == [{"type": "online", "count": 2}]
+        a.send({"type": "message", "text": "x" * 501, "id": 1})
+        a.send({"type": "message", "text": "x" * 500, "id": 2})
+        h.pump()
+        assert a.take() == [
+            {
+                "type": "error",
+                "code": "too_long",
+                "message": "A message may be at most 500 characters long.",
+                "id": 1,
+            },
+            {"type": "sent", "id": 2},
+        ]
+        assert [e for e in b.take() if e["type"] == "message"] == [
+            {"type": "message", "text": "x" * 500}
+        ]
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_with_an_id_is_answered_sent_or_refused_by_id() -> None:
+    h = Harness(limits=Limits(message_burst=2))
+    try:
+        a, b = await h.pair()
+        a.send({"type": "message", "text": "one", "id": 0})
+        a.send({"type": "message", "text": "two", "id": 2**53 - 1})
+        a.send({"type": "message", "text": "three", "id": 7})  # over the burst
+        a.send({"type": "message", "text": " ", "id": 8})
+        h.pump()
+        assert [(e["type"], e.get("code"), e["id"]) for e in a.take()] == [
+            ("sent", None, 0),
+            ("sent", None, 2**53 - 1),
+            ("error", "rate_limited", 7),
+            ("error", "bad_message", 8),
+        ]
+        assert [e["text"] for e in b.take()] == ["one", "two"]
+        # Without an id nothing answers a delivered message, as before.
+        h.tick(1.0)
+        a.send({"type": "message", "text": "plain"})
+        h.pump()
+        assert [e for e in a.take() if e["type"] != "online"] == []
+        b.send({"type": "next"})
+        h.pump()
+        a.take()
+        a.send({"type": "message", "text": "anyone?", "id": 9})
+        h.pump()
+        assert [(e["type"], e["code"], e["id"]) for e in a.take()] == [("error", "not_paired", 9)]
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**53, 1.5, "1", True, None, [1]])
+@pytest_twisted.ensureDeferred
+async def test_a_bad_message_id_is_refused_without_an_id(bad: object) -> None:
+    h = Harness()
+    try:
+        a, b = await h.pair()
+        frame: dict[str, object] = {"type": "message", "text": "hi", "id": bad}
+        a.send(frame)
+        h.pump()
+        if bad is None:  # "id": null is no id at all
+            assert a.take() == [] and b.take() == [{"type": "message", "text": "hi"}]
+            return
+        [error] = a.take()
+        assert error["code"] == "bad_message" and "id" not in error
+        assert b.take() == []
+    finally:
+        await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_command_is_charged_to_its_own_budget_only() -> None:
+    h = Harness(cooldown=0, limits=Limits(queue_burst=2, message_burst=3, typing_burst=1))
+    try:
+        a, b = await h.pair()
+        # Refused and ignored frames charge nothing.
+        for frame in ({"type": "dance"}, {"type": "message"}, {"type": "typing"}):
+            a.send(frame)
+        # Messages and typing notices spend their own budgets, not the queue's.
+        for i in range(4):
+            a.send({"type": "message", "text": f"m{i}"})
+        a.send({"type": "typing", "active": True})
+        a.send({"type": "typing", "active": False})
+        h.pump()
+        assert errors(a) == ["bad_message"] * 3 + ["rate_limited"]
+        assert [e["type"] for e in b.take()] == ["message"] * 3 + ["typing"]
+        # The queue budget is whole: two next commands pass, the third is refused.
+        for _ in range(3):
+            a.send({"type": "next"})
+        h.pump()
+        # (b is idle after the first: a waits alone.)
+        assert [e["type"] for e in a.take()] == ["waiting", "waiting", "error"]
+    finally:
+        await h.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -15,7 +16,7 @@ from twisted.python.usage import UsageError
 from twisted.web.test.requesthelper import DummyRequest
 
 from roulette.core import MemoryMatchmaker
-from roulette.server import Lobby
+from roulette.lobby import Lobby
 from roulette.tap import Options, makeService
 from roulette.website import Health, StaticFiles, WebSocketEntry, default_web_root
 
@@ -59,14 +60,19 @@ def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path
     reactor = MemoryReactorClock()
     options = parse("--port", "tcp:9999", "--web-root", str(tmp_path), "--max-message-length", "42")
     service = makeService(options, reactor=reactor)
-    listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+    listeners = [
+        s
+        for parent in service
+        for s in (parent if isinstance(parent, MultiService) else [parent])
+        if isinstance(s, StreamServerEndpointService)
+    ]
     assert len(listeners) == 1
     service.startService()
     try:
         assert [port for port, *_ in reactor.tcpServers] == [9999]
         site = reactor.tcpServers[0][1]
         assert isinstance(site.resource.children[b"ws"], WebSocketEntry)
-        assert site.websocket.max_message_length == 42
+        assert site.websocket.limits.max_message_length == 42
     finally:
         service.stopService()
 

@@ -1,0 +1,274 @@
+"""The process's matchmaker on the reactor's clock, and who may come in.
+
+:class:`Lobby` is the one object a connection talks to: it forwards each call
+to the :class:`~roulette.core.Matchmaker`, wakes the matchmaker when a
+cooldown runs out, tells every client how many people are online, turns
+reports into bans and closes every connection when the server stops.
+:class:`Gate` bundles what decides whether a handshake is admitted.
+
+Neither knows anything of WebSockets: a connection is a :class:`Client`,
+a :class:`~roulette.core.Peer` with a few more calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from roulette.abuse import (
+    AddressHasher,
+    AddressKeys,
+    AddressLimits,
+    OriginPolicy,
+    PublicHosts,
+    Reports,
+)
+from roulette.core import Matchmaker, Peer, ReportedChat, Stats
+from roulette.limits import DEFAULT
+
+#: How often, at most, a client hears the ``online`` count (seconds).
+ONLINE_INTERVAL = 1.0
+
+#: How often the abuse controls forget what has expired (seconds).
+HOUSEKEEPING_INTERVAL = 60.0
+
+log = Logger()
+
+
+class Client(Peer, Protocol):
+    """A connection, as the lobby sees it."""
+
+    #: The client's address, as logs name it (after trusted proxies).
+    address: str
+
+    @property
+    def keys(self) -> AddressKeys:
+        """The hashed keys of its address, its network and what a ban may cover."""
+
+    def send_online(self, count: int, now: float) -> bool:
+        """Tell it ``count`` people are online, unless it was told less than
+        ``ONLINE_INTERVAL`` ago; whether it now knows ``count``."""
+
+    def ban(self, until: float) -> None:
+        """Its address is banned until ``until``: tell it, and close."""
+
+    def going_away(self) -> None:
+        """The server is shutting down: close (1001)."""
+
+    def drop(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+
+
+def _default_addresses() -> AddressLimits:
+    return AddressLimits(
+        DEFAULT.max_per_address, DEFAULT.connects_per_minute, DEFAULT.max_connections
+    )
+
+
+@dataclass
+class Gate:
+    """Who may open a WebSocket: origins, per-address caps and bans."""
+
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    addresses: AddressLimits = field(default_factory=_default_addresses)
+    reports: Reports | None = None
+    hasher: AddressHasher = field(default_factory=AddressHasher)
+    #: How many ``X-Forwarded-For`` hops (proxies in front of us) to believe.
+    trust_proxy: int = 0
+    #: The names the server answers for (none: any ``Host``).
+    hosts: PublicHosts = field(default_factory=PublicHosts)
+
+
+class Lobby(Service):
+    """The process's matchmaker, driven by the reactor's clock.
+
+    Connections call it, never the matchmaker itself.  It forwards each call
+    to the :class:`~roulette.core.Matchmaker`; after those that change who
+    waits it makes sure :meth:`~roulette.core.Matchmaker.advance` runs at
+    the matchmaker's next deadline.  While running it also sends each client
+    the ``online`` count when it has changed, at most once per
+    ``ONLINE_INTERVAL``.
+    """
+
+    def __init__(
+        self,
+        matchmaker: Matchmaker,
+        reactor: IReactorTime,
+        gate: Gate | None = None,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        self.matchmaker = matchmaker
+        #: Relays an event to the client's partner: the matchmaker's own
+        #: :meth:`~roulette.core.Matchmaker.relay`, called without a detour
+        #: (relaying changes no queue and no timer).
+        self.relay = matchmaker.relay
+        self._reactor = reactor
+        self.gate = gate if gate is not None else Gate(reports=Reports(reactor.seconds))
+        self.shutdown_grace = shutdown_grace
+        self._wakeup: IDelayedCall | None = None
+        self._clients: dict[Client, None] = {}
+        self._online_ticker = LoopingCall(self._broadcast_online)
+        self._online_ticker.clock = reactor
+        self._housekeeping = LoopingCall(self._prune)
+        self._housekeeping.clock = reactor
+        self._online_sent = -1
+        self._drained: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._online_ticker.start(ONLINE_INTERVAL, now=False)
+        self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """Tell every client the server is going away (close 1001), and wait
+        up to ``shutdown_grace`` seconds for them to go before dropping the
+        rest."""
+        super().stopService()
+        for ticker in (self._online_ticker, self._housekeeping):
+            if ticker.running:
+                ticker.stop()
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        self._wakeup = None
+        if not self._clients:
+            return succeed(None)
+        log.info("shutting down: closing {n} connections", n=len(self._clients))
+        self._drained = drained = Deferred()
+        for client in list(self._clients):
+            client.going_away()
+        timer = self._reactor.callLater(self.shutdown_grace, self._drop_the_rest)
+
+        def cancel_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        drained.addBoth(cancel_timer)
+        return drained
+
+    def _drop_the_rest(self) -> None:
+        log.info("shutdown grace over: dropping {n} connections", n=len(self._clients))
+        for client in list(self._clients):
+            client.drop()
+        self._clients.clear()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.callback(None)
+
+    def _prune(self) -> None:
+        now = self._reactor.seconds()
+        self.gate.addresses.prune(now)
+        if self.gate.reports is not None:
+            self.gate.reports.prune()
+
+    # -- what a connection calls ---------------------------------------------
+
+    def join(self, client: Client, identity: Hashable | None = None) -> None:
+        """A client finished its handshake: tell it the count, then queue it."""
+        self._clients[client] = None
+        # The count it is told includes itself; it must arrive before "waiting".
+        client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
+        self._online_sent = -1  # the newcomer may have heard another count
+        self.matchmaker.connect(client, identity)
+        self._reschedule()
+
+    def leave(self, client: Client) -> None:
+        if client in self._clients:
+            del self._clients[client]
+            self.matchmaker.disconnect(client)
+            self._reschedule()
+        if self._drained is not None and not self._clients:
+            self._fire_drained()
+
+    def next(self, client: Client) -> None:
+        self.matchmaker.next(client)
+        self._reschedule()
+
+    def stop(self, client: Client) -> None:
+        self.matchmaker.stop(client)
+        self._reschedule()
+
+    def report(self, client: Client) -> None:
+        """End the client's chat for good; ban the partner's address once
+        enough people reported it (see :class:`~roulette.abuse.Reports`)."""
+
+        def reported(chat: ReportedChat | None) -> None:
+            self._reschedule()
+            if chat is None:
+                return
+            log.info("client {address} reported its partner", address=client.address)
+            reports = self.gate.reports
+            partner = chat.partner
+            # The partner is one of ours unless it is on another process,
+            # which holds its own reports.
+            if reports is not None and partner in self._clients:
+                ban = reports.report(
+                    client.keys,
+                    cast(Client, partner).keys,
+                    seconds=chat.seconds,
+                    sent=chat.partner_sent,
+                )
+                if ban is not None:
+                    self.ban(ban.scope, ban.until)
+
+        self.matchmaker.report(client, reported)
+
+    def ban(self, scope: str, until: float) -> None:
+        """Close every connection from a banned address or network (``scope``
+        is one of :attr:`Client.keys`' scopes)."""
+        banned = [c for c in self._clients if scope in c.keys.scopes]
+        log.warn(
+            "banned {peers} until {until:.0f} after reports",
+            peers=[c.address for c in banned],
+            until=until,
+        )
+        for client in banned:
+            client.ban(until)
+
+    def banned_until(self, *scopes: str) -> float | None:
+        """When the latest ban covering any of the hashed ``scopes`` ends."""
+        reports = self.gate.reports
+        return None if reports is None else reports.banned_until(*scopes)
+
+    def stats(self) -> Stats:
+        return self.matchmaker.stats()
+
+    # -- timers --------------------------------------------------------------
+
+    def _reschedule(self) -> None:
+        deadline = self.matchmaker.next_deadline()
+        wakeup = self._wakeup
+        if wakeup is not None and wakeup.active():
+            if deadline is not None and wakeup.getTime() == deadline:
+                return
+            wakeup.cancel()
+        self._wakeup = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self._reactor.seconds())
+            self._wakeup = self._reactor.callLater(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._wakeup = None
+        self.matchmaker.advance()
+        self._reschedule()
+
+    def _broadcast_online(self) -> None:
+        count = self.matchmaker.stats().online
+        if count == self._online_sent:
+            return
+        now = self._reactor.seconds()
+        current = True
+        for client in self._clients:
+            if not client.send_online(count, now):
+                current = False
+        # Clients told less than an interval ago are told at the next tick.
+        self._online_sent = count if current else -1
