@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import resource
 from collections.abc import Callable, Iterator
@@ -242,6 +243,9 @@ class Options(usage.Options):
         self["public-host"].append(host)
 
     def postOptions(self) -> None:
+        for name, value in self.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise usage.UsageError(f"--{name} must be a finite number")
         if not 1 <= self["max-message-length"] <= wire.MAX_TEXT_LIMIT:
             raise usage.UsageError(
                 f"--max-message-length must be between 1 and {wire.MAX_TEXT_LIMIT}"

@@ -46,6 +46,8 @@ def test_defaults() -> None:
         ("--max-message-length", "many"),
         ("--repair-cooldown", "-1"),
         ("--repair-cooldown", "nan"),
+        ("--message-rate", "inf"),
+        ("--shutdown-grace", "1e400"),
         ("--auto-ping-timeout", "0.5"),
         ("--web-root", "/nonexistent"),
     ],
