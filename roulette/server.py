@@ -366,7 +366,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         )
                     lobby.relay(self, wire.encode_message(text), True)
                     if id is not None:
-                        self._send(wire.encode_sent(id))
+                        self.send_event(wire.encode_sent(id))
                 case wire.Typing(active):
                     if not self._typing_budget.take(now):
                         self._count_refusal(now)  # dropped, as typing without a partner is
@@ -388,7 +388,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
                     lobby.report(self)
         except wire.CommandError as error:
-            self._send(wire.encode_error(error.code, error.message, error.id))
+            self.send_event(wire.encode_error(error.code, error.message, error.id))
             self._count_refusal(now)
 
     def _count_refusal(self, now: float) -> None:
@@ -405,17 +405,19 @@ class RouletteProtocol(WebSocketServerProtocol):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
 
-    def _send(self, frame: bytes) -> None:
+    def send_event(self, event: bytes) -> None:
+        """Send one encoded event as a text frame (the Peer's call, used for
+        every event).  Not ``_send``: Autobahn has one of its own."""
         # A client whose close handshake has begun is leaving; onClose will
         # tell the matchmaker.  Until then, events for it are dropped.
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         buffer = self._send_buffer
-        if buffer is not None and buffer.paused and not self._may_queue(len(frame) + 4):
+        if buffer is not None and buffer.paused and not self._may_queue(len(event) + 4):
             return
         # What sendMessage() would write for an uncompressed, unfragmented
         # text message, without its per-call checks and bookkeeping.
-        self.transport.write(framing.text_frame(frame))
+        self.transport.write(framing.text_frame(event))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes (the handshake, pongs, close frames)
@@ -472,7 +474,7 @@ class RouletteProtocol(WebSocketServerProtocol):
     # -- Client: what the lobby and the matchmaker call --------------------
 
     def ban(self, until: float) -> None:
-        self._send(wire.encode_banned(until))
+        self.send_event(wire.encode_banned(until))
         self._close(CLOSE_POLICY_VIOLATION, "banned")
 
     def going_away(self) -> None:
@@ -484,19 +486,16 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def send_waiting(self) -> None:
         self._paired = False
-        self._send(wire.WAITING)
+        self.send_event(wire.WAITING)
 
     def send_paired(self) -> None:
         self._paired = True
         log.info("client {address} paired", address=self.address)
-        self._send(wire.PAIRED)
+        self.send_event(wire.PAIRED)
 
     def send_partner_left(self) -> None:
         self._paired = False
-        self._send(wire.PARTNER_LEFT)
-
-    def send_event(self, event: bytes) -> None:
-        self._send(event)
+        self.send_event(wire.PARTNER_LEFT)
 
     def send_online(self, count: int, now: float) -> bool:
         """Send the ``online`` count unless sent less than an interval ago;
@@ -511,7 +510,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         first = self._online_count < 0
         self._online_count = count
         self._online_at = now
-        self._send(wire.encode_online(count, self.factory.client_limits if first else b""))
+        self.send_event(wire.encode_online(count, self.factory.client_limits if first else b""))
         return True
 
 

@@ -174,7 +174,7 @@ def test_the_fuzzer_notices_a_lost_answer(monkeypatch: pytest.MonkeyPatch) -> No
 
     f = Fuzzer()
     try:
-        monkeypatch.setattr(RouletteProtocol, "_send", lambda self, frame: None)
+        monkeypatch.setattr(RouletteProtocol, "send_event", lambda self, event: None)
         with pytest.raises(AssertionError):
             f.send(b'{"type": "bogus"}', False)
         with pytest.raises(AssertionError):

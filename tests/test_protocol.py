@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from memory import Client, Harness
 from twisted.internet import defer
 
@@ -764,3 +765,17 @@ async def test_each_command_is_charged_to_its_own_budget_only() -> None:
         assert [e["type"] for e in a.take()] == ["waiting", "waiting", "error"]
     finally:
         await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahns_queued_writes_still_work(harness: Harness) -> None:
+    # Autobahn sends a synchronous or chopped write through a queue drained
+    # by its own ``_send()``; the protocol must not hide that method.
+    a = await harness.connect()
+    a.take()
+    [server_side] = harness.lobby._clients
+    assert isinstance(server_side, WebSocketServerProtocol)
+    server_side.sendMessage(b'{"type":"notice","text":"queued"}', sync=True)
+    for _ in range(5):
+        harness.tick(0.01)
+    assert a.take() == [{"type": "notice", "text": "queued"}]
