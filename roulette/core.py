@@ -43,7 +43,7 @@ import itertools
 import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 #: How many reported pairs of identities are remembered; the oldest go first.
 MAX_NEVER_PAIRS = 100_000
@@ -192,7 +192,7 @@ class MemoryMatchmaker:
         if peer in self._online:
             raise AlreadyConnected(peer)
         self._online.add(peer)
-        self._identity[peer] = peer if identity is None else identity
+        self._identity[peer] = identity if identity is not None else cast(Hashable, peer)
         self._advance(self._clock())
         self._enqueue(peer)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -140,7 +140,8 @@ class Lobby(Service):
         if not self._clients:
             return succeed(None)
         log.info("shutting down: closing {n} connections", n=len(self._clients))
-        self._drained = drained = Deferred()
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
         for client in list(self._clients):
             client.going_away()
         timer = self._reactor.callLater(self.shutdown_grace, self._drop_the_rest)
@@ -208,12 +209,12 @@ class Lobby(Service):
             log.info("client {address} reported its partner", address=client.address)
             reports = self.gate.reports
             partner = chat.partner
-            # The partner is one of ours unless it is on another process,
-            # which holds its own reports.
+            # The partner is one of our clients unless it is on another
+            # process, which holds its own reports.
             if reports is not None and partner in self._clients:
                 ban = reports.report(
                     client.keys,
-                    cast(Client, partner).keys,
+                    partner.keys,
                     seconds=chat.seconds,
                     sent=chat.partner_sent,
                 )

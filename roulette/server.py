@@ -9,13 +9,19 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -204,9 +210,11 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._refusals = WindowCounter(limits.flood_window)
         # Behind twisted.web the HTTP channel is still the transport's
         # producer; the connection is ours now.
-        self._send_buffer = _SendBuffer(getattr(self.transport, "bufferSize", 65536))
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self._send_buffer, True)
+        # (TCP, TLS and twisted.web's channel alike are consumers.)
+        transport = cast(IConsumer, self.transport)
+        self._send_buffer = _SendBuffer(getattr(transport, "bufferSize", 65536))
+        transport.unregisterProducer()
+        transport.registerProducer(self._send_buffer, True)
         log.info("client {address} connected", address=self.address)
         self.factory.lobby.join(self, self.address_hash)
 
@@ -315,7 +323,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         opcode = self.current_frame.opcode
         if opcode == 9 or opcode == 10:
             if self.state != _OPEN:
-                self.control_frame_data = None
+                self._drop_control_frame()
                 return True
             now = self.factory.reactor.seconds()
             budget = self._control_budget
@@ -325,7 +333,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                     limits.control_rate, limits.control_burst, now
                 )
             if not budget.take(now):
-                self.control_frame_data = None
+                self._drop_control_frame()
                 self.factory.tally.note(
                     "control flood",
                     "closing {address}: too many pings or pongs",
@@ -337,9 +345,14 @@ class RouletteProtocol(WebSocketServerProtocol):
                 pending = self.autoPingPending
                 payload = b"".join(self.control_frame_data)
                 if pending is None or payload != pending:
-                    self.control_frame_data = None
+                    self._drop_control_frame()
                     return True
         return super().processControlFrame()
+
+    def _drop_control_frame(self) -> None:
+        """Forget the control frame just read, as Autobahn does once it has
+        handled one (its annotation says a list; it sets ``None``)."""
+        self.control_frame_data = None  # type: ignore[assignment]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.state != _OPEN:
@@ -417,7 +430,8 @@ class RouletteProtocol(WebSocketServerProtocol):
             return
         # What sendMessage() would write for an uncompressed, unfragmented
         # text message, without its per-call checks and bookkeeping.
-        self.transport.write(framing.text_frame(event))
+        # (Only an open connection gets here: it has a transport.)
+        self.transport.write(framing.text_frame(event))  # type: ignore[union-attr]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes (the handshake, pongs, close frames)
@@ -461,7 +475,7 @@ class RouletteProtocol(WebSocketServerProtocol):
             address=self.address,
             seconds=CLOSE_LINGER,
         )
-        self.transport.abortConnection()
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         linger = self._linger
@@ -525,7 +539,8 @@ def _rate_limited(id: int | None = None) -> wire.CommandError:
 class RouletteFactory(WebSocketServerFactory):
     """Builds :class:`RouletteProtocol` connections that share one :class:`Lobby`."""
 
-    protocol = RouletteProtocol
+    # (Twisted's Factory types this as any callable making a protocol.)
+    protocol: type[RouletteProtocol] = RouletteProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -562,7 +577,7 @@ class RouletteFactory(WebSocketServerFactory):
             allowNullOrigin=True,
         )
 
-    def setProtocolOptions(self, **options: Any) -> None:
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """Autobahn's, then the settings put on a subclass of the protocol.
 
         Autobahn copies its forty-odd settings from the factory onto every
@@ -570,10 +585,11 @@ class RouletteFactory(WebSocketServerFactory):
         line, which nearly doubles the cost of accepting a connection.  The
         connections of this factory find them on their class instead.
         """
-        super().setProtocolOptions(**options)
+        super().setProtocolOptions(*args, **options)
         settings = {name: getattr(self, name) for name in RouletteProtocol.CONFIG_ATTRS}
         # A function in a class would be bound as a method.
         settings = {k: staticmethod(v) if callable(v) else v for k, v in settings.items()}
-        self.protocol = type(
-            RouletteProtocol.__name__, (RouletteProtocol,), {**settings, "CONFIG_ATTRS": ()}
+        self.protocol = cast(
+            type[RouletteProtocol],
+            type(RouletteProtocol.__name__, (RouletteProtocol,), {**settings, "CONFIG_ATTRS": ()}),
         )
