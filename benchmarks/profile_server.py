@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     if PY_SPY is None:
-        sys.exit("py-spy is not installed (it comes with the test extras)")
+        sys.exit("py-spy is not installed (pip install -e '.[bench]')")
     scenario = next((s for s in run.FULL if s.name == args.scenario), None)
     if scenario is None:
         sys.exit(f"no scenario {args.scenario!r}; try one of {[s.name for s in run.FULL]}")

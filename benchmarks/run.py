@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -221,8 +222,6 @@ def measure(
     and closes on the load generator's signal; server CPU and RSS are read
     at both ends, and ``hook`` (a profiler, say) is told after opening and
     before closing."""
-    import uvloop
-
     pid = server.process.pid
     result = Result(server.name, scenario.name, rnd, rss_empty_kib=rss_kib(pid))
     marks: dict[bool, tuple[float, float, float]] = {}
@@ -246,7 +245,7 @@ def measure(
         load = loadgen.idle(*address, n, warmup, echo, on_window)
     else:
         load = loadgen.storm(*address, n, echo, on_window)
-    totals = uvloop.run(load)
+    totals = run_loop(load)
 
     (cpu0, gen0, t0), (cpu1, gen1, t1) = marks[True], marks[False]
     result.server_cpu_s = cpu1 - cpu0
@@ -343,6 +342,19 @@ def summarise(results: list[Result], servers: list[str]) -> list[dict[str, Any]]
                 }
             )
     return rows
+
+
+def run_loop(coroutine: Any) -> Any:
+    """Run the load generator's ``coroutine`` on uvloop (the ``bench``
+    extra), as every measured run does; a smoke run (``--quick``) without it
+    uses plain asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def versions() -> dict[str, str]:
@@ -446,6 +458,8 @@ def main() -> None:
         scenarios = [s for s in scenarios if s.name in wanted]
     if args.quick:
         args.rounds, args.window, args.warmup = 1, 0.5, 0.25
+    if not args.quick and importlib.util.find_spec("uvloop") is None:
+        sys.exit("uvloop is not installed: pip install -e '.[bench]' (--quick runs without)")
     servers = args.servers.split(",")
     if args.compare:
         SERVERS[COMPARED] = compared_command(args.compare)

@@ -122,7 +122,7 @@ class Lobby(Service):
         self._drained: Deferred[None] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._online_ticker.start(ONLINE_INTERVAL, now=False)
         self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
 
@@ -130,7 +130,7 @@ class Lobby(Service):
         """Tell every client the server is going away (close 1001), and wait
         up to ``shutdown_grace`` seconds for them to go before dropping the
         rest."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         for ticker in (self._online_ticker, self._housekeeping):
             if ticker.running:
                 ticker.stop()

@@ -551,7 +551,7 @@ class RouletteFactory(WebSocketServerFactory):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("server", None)  # no "Server: AutobahnPython/<version>"
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # unannotated in Autobahn
         self.lobby = lobby
         self.limits = limits = limits if limits is not None else Limits()
         #: What the first ``online`` event tells each client, encoded once.
@@ -585,7 +585,7 @@ class RouletteFactory(WebSocketServerFactory):
         line, which nearly doubles the cost of accepting a connection.  The
         connections of this factory find them on their class instead.
         """
-        super().setProtocolOptions(*args, **options)
+        super().setProtocolOptions(*args, **options)  # type: ignore[no-untyped-call]  # unannotated in Autobahn
         settings = {name: getattr(self, name) for name in RouletteProtocol.CONFIG_ATTRS}
         # A function in a class would be bound as a method.
         settings = {k: staticmethod(v) if callable(v) else v for k, v in settings.items()}

@@ -222,7 +222,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self["allowed-origin"] = []
         self["public-host"] = []
 
@@ -313,7 +313,7 @@ class _FlushedTally(Service):
         self._tally = tally
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._tally.stop()
 
 
@@ -322,17 +322,17 @@ class _Listener(MultiService):
     range, not permitted) ends the process with one line, not a traceback."""
 
     def __init__(self, listener: IService, port: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._description = port
         listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         with self._one_line():
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def startService(self) -> None:
         with self._one_line():
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     @contextmanager
     def _one_line(self) -> Iterator[None]:
@@ -391,10 +391,10 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     clock: IReactorTime = reactor  # type: ignore[assignment]
     # Autobahn logs every frame and close at debug level; keep the log readable.
-    txaio.set_global_log_level("info")
+    txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # txaio binds it when a framework is chosen
     parent = MultiService()
     matchmaker = MemoryMatchmaker(
         random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
@@ -425,7 +425,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         hosts=PublicHosts(tuple(config["public-host"])),
     )
     lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
-    lobby.setServiceParent(parent)
+    lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,
         auto_ping_interval=config["auto-ping-interval"],
@@ -433,7 +433,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         limits=limits,
         reactor=reactor,
     )
-    _FlushedTally(factory.tally).setServiceParent(parent)
+    _FlushedTally(factory.tally).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     per_address = config["max-sockets-per-ip"]
     if per_address is None:
         per_address = 0 if config["trust-proxy"] else MAX_SOCKETS_PER_ADDRESS
@@ -452,5 +452,5 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     # port cannot be bound; the site must know its port to pause it.
     listener = strports.service(config["port"], site, reactor=direct_tcp(reactor))
     listener.endpoint = _Listening(listener.endpoint, site.listening)
-    _Listener(listener, config["port"]).setServiceParent(parent)
+    _Listener(listener, config["port"]).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return parent

@@ -47,7 +47,7 @@ class DirectServer(tcp.Server):
                 data = data[sent:]
             # Otherwise the socket is full or the connection is lost; the
             # buffered write below finds out on the next turn, as usual.
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]  # tcp.Server's write is unannotated
 
 
 class DirectPort(tcp.Port):

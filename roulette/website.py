@@ -7,14 +7,22 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -75,8 +83,14 @@ class StaticFiles(static.File):
     the web root: no names starting with a dot, no symbolic link leading out
     of the root, no device or pipe."""
 
-    childNotFound = pages.notFound("No Such Resource", "File not found.")
-    forbidden = pages.forbidden("Forbidden", "Access to this resource is forbidden.")
+    # Both ignores: static.File's defaults (deprecated private classes) fix
+    # these attributes' inferred types, but any IResource serves.
+    childNotFound = pages.notFound(  # type: ignore[assignment]
+        "No Such Resource", "File not found."
+    )
+    forbidden = pages.forbidden(  # type: ignore[assignment]
+        "Forbidden", "Access to this resource is forbidden."
+    )
     #: The web root with every symbolic link resolved.
     _root: str | None = None
 
@@ -84,7 +98,8 @@ class StaticFiles(static.File):
         return pages.notFound("No Such Resource", "No such page.")
 
     def createSimilarFile(self, path: str) -> static.File:
-        f = super().createSimilarFile(path)
+        # Unannotated in Twisted; the copy becomes a StaticFiles on the next line.
+        f: StaticFiles = super().createSimilarFile(path)  # type: ignore[no-untyped-call]
         f.__class__ = StaticFiles
         f._root = self._root_path()
         return f
@@ -101,7 +116,8 @@ class StaticFiles(static.File):
             path.decode("utf-8")
         except UnicodeDecodeError:
             return self.childNotFound
-        child = super().getChild(path, request)
+        # File.getChild is unannotated.
+        child: resource.IResource = super().getChild(path, request)  # type: ignore[no-untyped-call]
         if isinstance(child, StaticFiles) and not self._servable(child.path):
             return self.childNotFound
         return child
@@ -124,7 +140,7 @@ class Health(resource.Resource):
     isLeaf = True
 
     def __init__(self, lobby: Lobby) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._lobby = lobby
 
     def render_GET(self, request: IRequest) -> bytes:
@@ -160,7 +176,7 @@ class DeadlineChannel(http.HTTPChannel):
     _refused = False
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        super().connectionMade()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self.deadline is None:  # not behind a FirstRequest
             self.deadline = Deadline(getattr(self.factory, "tally", None))
             self._arm(self.handshake_timeout, "no complete request")
@@ -170,7 +186,7 @@ class DeadlineChannel(http.HTTPChannel):
         if code is not None:
             self._refuse(code)
             return
-        super().allHeadersReceived()
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _refusal(self) -> int | None:
         if self._command not in _METHODS:
@@ -181,24 +197,25 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _refuse(self, code: int) -> None:
         self._refused = True
-        # Whatever else arrives (the body, more requests) is not read.
+        # Whatever else arrives (the body, more requests) is not read: the
+        # ignore is for replacing the methods on this instance, on purpose.
         self.dataReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         self._transferDecoder = None
         why = "a body" if code == 413 else "a method other than GET or HEAD"
-        _refuse(self.transport, getattr(self.factory, "tally", None), code, why)
-        self.loseConnection()
+        _write_refusal(self.transport, getattr(self.factory, "tally", None), code, why)
+        self.loseConnection()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def allContentReceived(self) -> None:
         if self._refused:
             return
         self._arm(self.response_timeout, "response not taken")
-        super().allContentReceived()
+        super().allContentReceived()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def requestDone(self, request: http.Request) -> None:
         # Armed first: a pipelined request already buffered re-arms it.
         why = "no complete request" if self.persistent else "response not taken"
         self._arm(self.handshake_timeout, why)
-        super().requestDone(request)
+        super().requestDone(request)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def rawDataReceived(self, data: bytes) -> None:
         websocket = self._websocket
@@ -211,7 +228,7 @@ class DeadlineChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self.deadline is not None:
             self.deadline.disarm()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _arm(self, timeout: float, why: str) -> None:
         if self.deadline is not None:
@@ -232,7 +249,7 @@ _REASONS = {
 }
 
 
-def _refuse(transport: Any, tally: Tally | None, code: int, why: str) -> None:
+def _write_refusal(transport: Any, tally: Tally | None, code: int, why: str) -> None:
     """Answer a request with ``code`` and a response that ends the
     connection (the caller closes it), and count it in the log."""
     if tally is not None:
@@ -297,7 +314,8 @@ class Deadline:
 
 def _for_public_host(request: server.Request) -> bool:
     """Whether the request's ``Host`` names the server (``--public-host``)."""
-    factory = getattr(request.channel.site, "websocket", None)
+    # Site.buildProtocol sets the channel's site; HTTPChannel does not declare it.
+    factory = getattr(request.channel.site, "websocket", None)  # type: ignore[attr-defined]
     gate = getattr(getattr(factory, "lobby", None), "gate", None)
     if gate is None or not gate.hosts:
         return True
@@ -310,7 +328,7 @@ def _for_public_host(request: server.Request) -> bool:
     )
 
 
-def _serves(gate: Gate, hosts: list[bytes], protos: list[bytes], secure: bool) -> bool:
+def _serves(gate: Gate, hosts: Sequence[bytes], protos: Sequence[bytes], secure: bool) -> bool:
     """Whether a request with these ``Host`` and ``X-Forwarded-Proto`` lines
     names one of the gate's public hosts.  Twisted would answer a request
     with two ``Host`` lines by the last one; here such a request, like one
@@ -327,7 +345,7 @@ class SecureRequest(server.Request):
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
             return
-        super().setHeader(name, value)
+        super().setHeader(name, value)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def process(self) -> None:
         public = _for_public_host(self)
@@ -356,10 +374,10 @@ class SecureRequest(server.Request):
             self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             self.setHeader(b"Content-Length", b"%d" % len(body))
             self.setHeader(b"Cache-Control", b"no-store")
-            self.write(body)
-            self.finish()
+            self.write(body)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.finish()  # type: ignore[no-untyped-call]  # unannotated in Twisted
             return
-        super().process()
+        super().process()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
 
 class RouletteSite(server.Site):
@@ -372,6 +390,7 @@ class RouletteSite(server.Site):
     backlog) until one closes.
     """
 
+    # A bare HTTP/1.1 channel, where HTTPFactory declares its HTTP/2-capable wrapper.
     protocol = DeadlineChannel  # type: ignore[assignment]
     requestFactory = SecureRequest
 
@@ -383,7 +402,8 @@ class RouletteSite(server.Site):
         response_timeout: float = RESPONSE_TIMEOUT,
         sockets: SocketLimits | None = None,
     ) -> None:
-        super().__init__(root, logFormatter=access_log_line)
+        # Site.__init__ is unannotated.
+        super().__init__(root, logFormatter=access_log_line)  # type: ignore[no-untyped-call]
         self.handshake_timeout = handshake_timeout
         self.response_timeout = response_timeout
         self.websocket = websocket
@@ -392,11 +412,14 @@ class RouletteSite(server.Site):
         self._ports: list[IListeningPort] = []
         self._paused = False
 
-    def buildProtocol(self, addr: object) -> FirstRequest:  # type: ignore[override]
+    # Not an HTTP channel, as HTTPFactory's signature says: a FirstRequest,
+    # which hands the connection to one (http_channel) or to Autobahn.
+    def buildProtocol(self, addr: IAddress | None) -> FirstRequest:  # type: ignore[override]
         return FirstRequest(self, addr)
 
-    def http_channel(self, addr: object, first: FirstRequest) -> DeadlineChannel:
-        channel = super().buildProtocol(addr)
+    def http_channel(self, addr: IAddress | None, first: FirstRequest) -> DeadlineChannel:
+        # Site.buildProtocol is unannotated; it builds a ``protocol``, a DeadlineChannel.
+        channel: DeadlineChannel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         channel.handshake_timeout = self.handshake_timeout
         channel.response_timeout = self.response_timeout
         channel.first = first
@@ -463,7 +486,7 @@ def _start_accepting(port: IListeningPort) -> None:
         start()
 
 
-def access_log_line(timestamp: str, request: IRequest) -> str:
+def access_log_line(timestamp: str, request: http.Request) -> str:
     """The combined log format, with every field a client chose cut short
     and escaped."""
     address = request.getClientAddress()
@@ -491,8 +514,8 @@ class WebSocketEntry(resource.Resource):
 
     isLeaf = True
 
-    def render(self, request: IRequest) -> bytes | int:
-        channel = request.channel  # type: ignore[attr-defined]
+    def render(self, request: http.Request) -> bytes | int:
+        channel = request.channel
         first = getattr(channel, "first", None)
         if request.clientproto != b"HTTP/1.1" or first is None:
             request.setResponseCode(426)
@@ -536,7 +559,7 @@ class FirstRequest(protocol.Protocol):
         "deadline",
     )
 
-    def __init__(self, site: RouletteSite, addr: object) -> None:
+    def __init__(self, site: RouletteSite, addr: IAddress | None) -> None:
         self._site = site
         self._addr = addr
         self._buffer = b""
@@ -557,7 +580,9 @@ class FirstRequest(protocol.Protocol):
         key = socket_key(peer)
         if not site.open_socket(key, peer):
             self._done = True
-            self.transport.abortConnection()
+            # ITransport lacks abortConnection; every connection served here
+            # (TCP, TLS, UNIX, or a wrapper of one) has it.
+            cast(ITCPTransport, self.transport).abortConnection()
             return
         self._counted = True
         self._key = key
@@ -583,11 +608,11 @@ class FirstRequest(protocol.Protocol):
             self._reading_head = True
             self._read_head()
             return
-        inner = site.http_channel(self._addr, self)
-        self._inner = inner
-        inner.makeConnection(self.transport)
+        channel: protocol.Protocol = site.http_channel(self._addr, self)
+        self._inner = channel
+        channel.makeConnection(self.transport)
         buffered, self._buffer = self._buffer, b""
-        inner.dataReceived(buffered)
+        channel.dataReceived(buffered)
 
     def _read_head(self) -> None:
         buffer = self._buffer
@@ -619,7 +644,10 @@ class FirstRequest(protocol.Protocol):
         if not _names_public_host(head, websocket.lobby.gate, self.transport):
             self._refuse(421, "a Host that is no --public-host")
             return
-        inner = websocket.buildProtocol(self._addr)
+        # Autobahn's factory is Twisted's Factory with no type argument: its
+        # buildProtocol is typed as returning any protocol, or None.  It
+        # builds a WebSocketServerProtocol (RouletteFactory.protocol), always.
+        inner = cast(WebSocketServerProtocol, websocket.buildProtocol(self._addr))
         self._inner = inner
         inner.makeConnection(self.transport)
         # The head alone first: Autobahn reads what follows it as frames, and
@@ -632,8 +660,9 @@ class FirstRequest(protocol.Protocol):
     def _refuse(self, code: int, why: str) -> None:
         self._done = True
         self._buffer = b""
-        _refuse(self.transport, self._site.tally, code, why)
+        _write_refusal(self.transport, self._site.tally, code, why)
         # The deadline still runs: a client that never reads this is dropped.
+        assert self.transport is not None
         self.transport.loseConnection()
 
     def upgrade(self, request: IRequest, channel: DeadlineChannel) -> None:
@@ -641,27 +670,29 @@ class FirstRequest(protocol.Protocol):
         reads ``request`` again, as it came."""
         websocket = self._site.websocket
         assert websocket is not None
-        channel.setTimeout(None)
+        channel.setTimeout(None)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         buffered = b"".join(channel._dataBuffer)
         channel._dataBuffer = []
-        inner = websocket.buildProtocol(self._addr)
+        # As in _read_head: Autobahn's buildProtocol is typed loosely.
+        inner = cast(WebSocketServerProtocol, websocket.buildProtocol(self._addr))
         channel._websocket = inner
         self._inner = inner
         inner.makeConnection(self.transport)
-        # The channel stops reading while it serves a request.
-        self.transport.resumeProducing()
+        # The channel stops reading while it serves a request.  ITransport
+        # lacks resumeProducing; every connection served here has it.
+        cast(IPushProducer, self.transport).resumeProducing()
         inner.dataReceived(_request_head(request))
         if buffered and inner.state == _OPEN:
             inner.dataReceived(buffered)
         self._opened(inner)
 
-    def _opened(self, inner: Any) -> None:
+    def _opened(self, inner: WebSocketServerProtocol) -> None:
         """Once the WebSocket is open, its deadline is over and its bytes go
         straight to it.  One whose handshake failed is closing: the deadline
         still runs, and drops it if the client never reads the refusal."""
         if inner.state == _OPEN:
             self.deadline.disarm()
-            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]  # on purpose
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.deadline.disarm()
@@ -688,7 +719,7 @@ def _names_public_host(head: bytes, gate: Gate, transport: Any) -> bool:
 
 def _request_head(request: IRequest) -> bytes:
     """A request's line and headers, as Autobahn reads a handshake."""
-    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]  # type: ignore[attr-defined]
+    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
     for name, values in request.requestHeaders.getAllRawHeaders():
         lines.extend(name + b": " + value for value in values)
     return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -704,7 +735,7 @@ def make_site(
 ) -> RouletteSite:
     """One site: the page at ``/``, the WebSocket at ``/ws``, counts at ``/healthz``."""
     root = StaticFiles(FilePath(str(web_root)).path)
-    root.putChild(b"ws", WebSocketEntry())
+    root.putChild(b"ws", WebSocketEntry())  # type: ignore[no-untyped-call]  # unannotated __init__
     root.putChild(b"healthz", Health(lobby))
     return RouletteSite(
         root,

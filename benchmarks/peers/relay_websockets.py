@@ -8,8 +8,12 @@ import asyncio
 import json
 import sys
 
-import uvloop
 import websockets
+
+try:
+    import uvloop
+except ImportError:  # a smoke run (benchmarks/run.py --quick) without the bench extra
+    uvloop = asyncio
 
 waiting = []
 partner = {}
