@@ -388,6 +388,8 @@ class RouletteProtocol(WebSocketServerProtocol):
                 case wire.Next():
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
+                    # The chat is over now, whenever the matchmaker says so.
+                    self._paired = False
                     lobby.next(self)
                 case wire.Stop():
                     if not self._queue_budget.take(now):
@@ -399,6 +401,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise _rate_limited()
                     if not self._paired:
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
+                    self._paired = False
                     lobby.report(self)
         except wire.CommandError as error:
             self.send_event(wire.encode_error(error.code, error.message, error.id))
