@@ -1,0 +1,454 @@
+"""A pool of strangers shared by many processes through Redis.
+
+:class:`RedisMatchmaker` implements :class:`roulette.core.Matchmaker` for a
+process (a *node*) that shares its waiting room with other nodes: every
+decision about who meets whom is a Lua script run atomically in Redis
+(:mod:`roulette.pool_scripts`), with the same rules as the in-memory
+matchmaker.  What the scripts decide reaches the nodes as notices published
+on each node's channel; a node tells its own clients.
+
+Events from one partner to the other never wait on a script: partners on one
+node are relayed in memory, partners on two nodes through a ``PUBLISH`` to
+the other node's channel, which Redis passes on without storing.
+
+Each node keeps, for each of its clients, the *generation* of the last
+command that changed its chat (next, stop, report).  A notice carries the
+generation the script saw; one older than the client's current generation
+describes a chat the client has already left, and is dropped.  That keeps
+what a client is told in the order in which Redis decided it, and never
+about a chat behind it.
+
+A node renews a lease in Redis every third of ``lease``; on renewal it also
+takes the clients of nodes whose lease has run out out of the pool, so the
+partners of a node that died are told within a lease and a third.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from roulette import pool_scripts as scripts
+from roulette.core import MAX_NEVER_PAIRS, Peer, ReportedChat, Stats
+
+log = Logger()
+
+#: Seconds a node's lease lasts; it is renewed every third of it.
+LEASE = 3.0
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where the pool's Redis is, as ``--redis`` names it."""
+
+    endpoint: Callable[[Any], IStreamClientEndpoint]
+    db: int
+    username: str | None
+    password: str | None
+    #: For log lines: the URL without its password.
+    display: str
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Read ``redis://[user:password@]host[:port][/db]``, ``rediss://``
+    (TLS) or ``unix:///path[?db=N]``; ``ValueError`` names what is wrong."""
+    parts = urlsplit(url)
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    display = url if password is None else url.replace(f":{parts.password}@", ":***@", 1)
+    if parts.scheme in ("redis", "rediss"):
+        host = parts.hostname or "localhost"
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{display}: the port is not a number from 0 to 65535") from None
+        db_text = parts.path.strip("/") or "0"
+        if not db_text.isdigit():
+            raise ValueError(f"{display}: the database must be a number, as in redis://host/0")
+        tls = parts.scheme == "rediss"
+
+        def tcp(reactor: Any) -> IStreamClientEndpoint:
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=5)
+            if tls:
+                endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+            return endpoint
+
+        return RedisAddress(tcp, int(db_text), username, password, display)
+    if parts.scheme == "unix":
+        path = parts.path
+        if not path:
+            raise ValueError(f"{display}: a unix socket needs a path, as in unix:///run/redis.sock")
+        db_values = parse_qs(parts.query).get("db", ["0"])
+        if not db_values[0].isdigit():
+            raise ValueError(f"{display}: the database must be a number, as in ?db=0")
+
+        def unix(reactor: Any) -> IStreamClientEndpoint:
+            return UNIXClientEndpoint(reactor, path, timeout=5)
+
+        return RedisAddress(unix, int(db_values[0]), username, password, display)
+    raise ValueError(f"{display}: the URL must start with redis://, rediss:// or unix://")
+
+
+class _Elsewhere:
+    """A client of another node, as a report names it: this node can tell
+    it nothing (its own node does)."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+    def __repr__(self) -> str:
+        return f"<client {self.client} of another node>"
+
+    def send_waiting(self) -> None:
+        pass
+
+    def send_paired(self) -> None:
+        pass
+
+    def send_partner_left(self) -> None:
+        pass
+
+    def send_event(self, event: bytes) -> None:
+        pass
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyped library
+    """The node's subscription to its channel, made again on every connection."""
+
+    def connectionMade(self) -> Deferred[None]:
+        d: Deferred[None] = super().connectionMade()
+        matchmaker: RedisMatchmaker = self.factory.matchmaker
+        d.addCallback(lambda _: self.subscribe(matchmaker.channel))
+        d.addCallback(lambda _: matchmaker._subscribed())
+        d.addErrback(lambda failure: log.failure("subscribing failed", failure))
+        return d
+
+    def messageReceived(self, pattern: object, channel: str, message: str) -> None:
+        self.factory.matchmaker._notice(message)
+
+
+class RedisMatchmaker(Service):
+    """The :class:`~roulette.core.Matchmaker` of one node of a shared pool.
+
+    :param address: where Redis is (:func:`parse_redis_url`).
+    :param rng: the source of every random choice (and of the node id).
+    :param reactor: the clock (timers and ``seconds()``) and the network.
+    :param clock: the clock the pool's rules run on (default: the
+        reactor's); every node of a pool must agree on it.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        rng: random.Random,
+        reactor: Any,
+        cooldown: float = 60.0,
+        prefix: str = "roulette:",
+        lease: float = LEASE,
+        clock: IReactorTime | None = None,
+        node: str | None = None,
+        max_never: int = MAX_NEVER_PAIRS,
+    ) -> None:
+        self._address = address
+        self._rng = rng
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._cooldown = cooldown
+        self._prefix = prefix
+        self._lease = lease
+        self._max_never = max_never
+        #: This node's id in the pool.
+        self.node = node if node is not None else format(rng.getrandbits(48), "012x")
+        self.channel = f"{prefix}n:{self.node}"
+        self._ids: dict[Peer, str] = {}
+        self._peers: dict[str, Peer] = {}
+        self._gen: dict[str, int] = {}
+        self._partner: dict[str, str] = {}
+        self._said: set[str] = set()
+        self._seq = itertools.count(1)
+        self._stats = Stats(0, 0, 0)
+        self.nodes = 0
+        self._pending: set[Deferred[Any]] = set()
+        self._markers: dict[str, Deferred[None]] = {}
+        self._wakeup: IDelayedCall | None = None
+        self._renewal = LoopingCall(self._renew)
+        self._renewal.clock = self._clock
+        self._redis: Any = None
+        self._command_factory: Any = None
+        self._subscriber_factory: Any = None
+        self._ready: Deferred[None] = Deferred()
+
+    # -- the service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        address = self._address
+        endpoint = address.endpoint(self._reactor)
+        factory = txredisapi.RedisFactory(
+            address.display,
+            address.db,
+            1,
+            isLazy=True,
+            password=address.password,
+            username=address.username,
+            convertNumbers=False,
+        )
+        factory.startConnecting(endpoint)
+        self._command_factory = factory
+        self._redis = factory.handler
+        subscriber = txredisapi.SubscriberFactory(isLazy=True)
+        subscriber.protocol = _Subscriber
+        subscriber.password = address.password
+        subscriber.username = address.username
+        subscriber.matchmaker = self
+        subscriber.startConnecting(address.endpoint(self._reactor))
+        self._subscriber_factory = subscriber
+        self._renewal.start(self._lease / 3, now=True)
+
+    def ready(self) -> Deferred[None]:
+        """Fires once the node has joined the pool and hears its channel."""
+        d: Deferred[None] = Deferred()
+        self._ready.addCallback(lambda _: d.callback(None))
+        return d
+
+    def _subscribed(self) -> None:
+        if not self._ready.called:
+            self._ready.callback(None)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        if self._renewal.running:
+            self._renewal.stop()
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        self._wakeup = None
+        try:
+            yield self._call(scripts.RETIRE, self.node)
+        except Exception:
+            log.failure("leaving the pool failed")
+        yield self._command_factory.disconnect()
+        yield self._subscriber_factory.disconnect()
+
+    # -- the Matchmaker interface ---------------------------------------------
+
+    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
+        client = f"{self.node}:{next(self._seq)}"
+        self._ids[peer] = client
+        self._peers[client] = peer
+        self._gen[client] = 0
+        self._call(scripts.CONNECT, client, str(identity) if identity is not None else client)
+
+    def next(self, peer: Peer) -> None:
+        client = self._leave_locally(peer)
+        self._call(scripts.LEAVE, client, str(self._gen[client]), "next", *self._leave_args())
+
+    def stop(self, peer: Peer) -> None:
+        client = self._leave_locally(peer)
+        self._call(scripts.LEAVE, client, str(self._gen[client]), "stop", *self._leave_args())
+
+    def report(
+        self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
+    ) -> None:
+        client = self._leave_locally(peer)
+        now = self._clock.seconds()
+        d = self._call(
+            scripts.LEAVE, client, str(self._gen[client]), "report", *self._leave_args(), now=now
+        )
+
+        def done(result: list[str] | None) -> None:
+            if reported is None:
+                return
+            if result is None or len(result) < 5:
+                reported(None)  # no partner by then (or Redis failed: nothing was done)
+                return
+            partner, identity, began, sent = result[1:5]
+            peer = self._peers.get(partner) or _Elsewhere(partner)
+            reported(ReportedChat(peer, identity, now - float(began), sent == "1"))
+
+        d.addCallback(done)
+
+    def disconnect(self, peer: Peer) -> None:
+        client = self._ids.pop(peer, None)
+        if client is None:
+            return
+        del self._peers[client]
+        del self._gen[client]
+        self._partner.pop(client, None)
+        self._said.discard(client)
+        self._call(scripts.DISCONNECT, client)
+
+    def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
+        client = self._ids.get(peer)
+        if client is None:
+            return
+        other = self._partner.get(client)
+        if other is None:
+            return
+        if said and client not in self._said:
+            self._said.add(client)
+            self._call(scripts.SAID, client, other)
+        target = self._peers.get(other)
+        if target is not None:
+            # Both on this node: only while each is the other's partner.
+            if self._partner.get(other) == client:
+                target.send_event(event)
+            return
+        node = other.rpartition(":")[0]
+        self._track(
+            self._redis.publish(
+                f"{self._prefix}n:{node}", f"E {other} {client} {event.decode('utf-8')}"
+            )
+        )
+
+    def stats(self) -> Stats:
+        """The pool's counts as of the last renewal (a third of a lease ago
+        at most)."""
+        return self._stats
+
+    def next_deadline(self) -> float | None:
+        return None  # the node keeps its own timer
+
+    def advance(self) -> None:
+        self._call(scripts.ADVANCE)
+
+    # -- views, for tests and operators -----------------------------------------
+
+    def client_id(self, peer: Peer) -> str | None:
+        return self._ids.get(peer)
+
+    def partner_id(self, peer: Peer) -> str | None:
+        """The id of the peer's partner as this node last heard, or ``None``."""
+        client = self._ids.get(peer)
+        return None if client is None else self._partner.get(client)
+
+    def settle(self) -> Deferred[None]:
+        """Fires once every call made so far has been answered and every
+        notice published to this node before that has been heard."""
+        pending = list(self._pending)
+        d = defer.DeferredList(pending, consumeErrors=True)
+        marker = f"M {self.node}.{next(self._seq)}"
+        heard: Deferred[None] = Deferred()
+        self._markers[marker] = heard
+
+        def publish(_: object) -> Deferred[Any]:
+            return cast(Deferred[Any], self._redis.publish(self.channel, marker))
+
+        d.addCallback(publish)
+        d.addCallback(lambda _: heard)
+        return cast(Deferred[None], d)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _leave_args(self) -> tuple[str, str]:
+        return (repr(float(self._cooldown)), str(self._max_never))
+
+    def _leave_locally(self, peer: Peer) -> str:
+        """The client's chat is over from now on, whatever Redis says next."""
+        client = self._ids[peer]
+        self._gen[client] += 1
+        self._partner.pop(client, None)
+        self._said.discard(client)
+        return client
+
+    def _call(self, script: str, *args: str, now: float | None = None) -> Deferred[Any]:
+        if now is None:
+            now = self._clock.seconds()
+        seed = self._rng.getrandbits(31)
+        ttl = str(math.ceil(2 * self._lease * 1000))
+        d = self._redis.eval(script, [], [self._prefix, repr(float(now)), str(seed), ttl, *args])
+        self._track(d)
+        d.addCallback(self._schedule)
+        return cast(Deferred[Any], d)
+
+    def _track(self, d: Deferred[Any]) -> None:
+        pending = self._pending
+        pending.add(d)
+
+        def untrack(result: object) -> object:
+            pending.discard(d)
+            if isinstance(result, Failure):
+                log.failure("a call to the pool's Redis failed", result)
+                return None
+            return result
+
+        d.addBoth(untrack)
+
+    def _schedule(self, result: Any) -> Any:
+        """Arm the timer for the deadline a script returned."""
+        deadline = result[0] if isinstance(result, list) else result
+        if deadline:
+            when = float(deadline)
+            wakeup = self._wakeup
+            if wakeup is not None and wakeup.active():
+                if wakeup.getTime() <= when:
+                    return result
+                wakeup.cancel()
+            self._wakeup = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._wake)
+        return result
+
+    def _wake(self) -> None:
+        self._wakeup = None
+        self.advance()
+
+    def _renew(self) -> Deferred[Any]:
+        online = len(self._peers)
+        chatting = len(self._partner)
+        d = self._call(
+            scripts.RENEW, self.node, repr(float(self._lease)), str(online), str(chatting)
+        )
+
+        def counts(result: Any) -> None:
+            if isinstance(result, list) and len(result) >= 4:
+                online, waiting, chatting, nodes = (int(x) for x in result[:4])
+                self._stats = Stats(online, waiting, chatting)
+                self.nodes = nodes
+
+        d.addCallback(counts)
+        return d
+
+    def _notice(self, message: str) -> None:
+        kind, _, rest = message.partition(" ")
+        if kind == "E":
+            client, sender, payload = rest.split(" ", 2)
+            peer = self._peers.get(client)
+            if peer is not None and self._partner.get(client) == sender:
+                peer.send_event(payload.encode("utf-8"))
+            return
+        if kind == "M":
+            heard = self._markers.pop(message, None)
+            if heard is not None:
+                heard.callback(None)
+            return
+        fields = rest.split(" ")
+        client = fields[0]
+        peer = self._peers.get(client)
+        if peer is None or int(fields[1]) < self._gen[client]:
+            return  # gone, or about a chat the client has already left
+        if kind == "W":
+            self._partner.pop(client, None)
+            peer.send_waiting()
+        elif kind == "P":
+            self._partner[client] = fields[2]
+            self._said.discard(client)
+            peer.send_paired()
+        elif kind == "L":
+            if self._partner.pop(client, None) is not None:
+                self._said.discard(client)
+                peer.send_partner_left()

@@ -1,0 +1,316 @@
+"""The pairing rules of a pool shared through Redis, as Lua scripts.
+
+Redis runs each script atomically, so a script is the pool's one critical
+section: whatever it reads (who waits, who is in cooldown with whom) stays
+true until it has paired, queued or released the client it was called for.
+The rules are those of :class:`roulette.core.MemoryMatchmaker`, written
+again over Redis structures; ``tests/test_pool.py`` runs the same model
+against both.
+
+Every script takes ``ARGV[1]``, the key prefix, ``ARGV[2]``, the caller's
+clock (seconds; the nodes of a pool must keep their clocks in step, as NTP
+does), ``ARGV[3]``, a seed for the script's random choices, drawn from
+the caller's random source, and ``ARGV[4]``, how long (milliseconds) the keys
+it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix):
+
+``P.."nodes"``
+    sorted set: node id -> the end of its lease.
+``P.."nc:"..node``
+    hash: the state of that node's clients, ``client.."|"..field``:
+    ``id`` (identity), ``gen`` (the generation of the client's last command
+    that changed its chat, see below), ``partner``, ``at`` (when the chat
+    began), ``sent`` (whether the client said something in it).
+``P.."waiting"``
+    sorted set: client id -> arrival sequence number (``P.."seq"``).
+``P.."cool"``
+    sorted set: "a|b" -> the end of their re-pairing cooldown.
+``P.."blocked"``
+    sorted set: "a|b" of two waiting clients kept apart only by their
+    cooldown -> its end, when they must be paired.
+``P.."never"``
+    sorted set: "identity|identity" -> sequence; never paired again.
+``P.."counts"``
+    hash: node id -> "online chatting", as the node last renewed its lease.
+
+A client id is ``node..":"..n``.  Scripts tell a node what happened to its
+clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
+gen other`` (paired with ``other``), ``L c gen`` (partner left).  ``gen``
+is the client's generation as the script saw it: a node drops a notice
+older than the last command its client sent, which the client has already
+overtaken.  Events from one partner to the other go node to node on the
+same channels (``E c sender payload``); Redis stores none of them.
+"""
+
+from __future__ import annotations
+
+_COMMON = """
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+math.randomseed(tonumber(ARGV[3]))
+local TTL = ARGV[4]
+
+local function node_of(c) return string.match(c, '^(.*):[^:]*$') end
+local function hkey(c) return P .. 'nc:' .. node_of(c) end
+local function get(c, f) return redis.call('HGET', hkey(c), c .. '|' .. f) end
+local function put(c, f, v) redis.call('HSET', hkey(c), c .. '|' .. f, v) end
+local function drop(c, ...)
+  local fields = {}
+  for i, f in ipairs({...}) do fields[i] = c .. '|' .. f end
+  redis.call('HDEL', hkey(c), unpack(fields))
+end
+local function tell(c, msg) redis.call('PUBLISH', P .. 'n:' .. node_of(c), msg) end
+local function gen(c) return get(c, 'gen') or '0' end
+local function pk(a, b) if a < b then return a .. '|' .. b end return b .. '|' .. a end
+local function is_waiting(c) return redis.call('ZSCORE', P .. 'waiting', c) end
+
+-- When the cooldown of a and b ends, if it has not yet.
+local function cool_until(a, b)
+  local s = redis.call('ZSCORE', P .. 'cool', pk(a, b))
+  if s then
+    s = tonumber(s)
+    if s > NOW then return s end
+  end
+  return nil
+end
+
+-- Pair an idle client with a random eligible waiting one, or queue it.
+local function place(c)
+  local mine = get(c, 'id')
+  local eligible, blocked = {}, {}
+  for _, w in ipairs(redis.call('ZRANGE', P .. 'waiting', 0, -1)) do
+    if w ~= c then
+      local u = cool_until(c, w)
+      if u then
+        blocked[#blocked + 1] = {w, u}
+      else
+        local theirs = get(w, 'id')
+        if mine == theirs or not redis.call('ZSCORE', P .. 'never', pk(mine, theirs)) then
+          eligible[#eligible + 1] = w
+        end
+      end
+    end
+  end
+  if #eligible > 0 then
+    local w = eligible[1]
+    if #eligible > 1 then w = eligible[math.random(#eligible)] end
+    redis.call('ZREM', P .. 'waiting', w)
+    put(w, 'partner', c)
+    put(c, 'partner', w)
+    put(w, 'at', ARGV[2])
+    put(c, 'at', ARGV[2])
+    tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c)
+    tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w)
+    return
+  end
+  -- Nobody eligible: wake up when a cooldown with a waiting client ends.
+  for _, b in ipairs(blocked) do
+    redis.call('ZADD', P .. 'blocked', b[2], pk(c, b[1]))
+  end
+  redis.call('ZADD', P .. 'waiting', redis.call('INCR', P .. 'seq'), c)
+end
+
+local function end_chat(a, b)
+  drop(a, 'partner', 'at', 'sent')
+  drop(b, 'partner', 'at', 'sent')
+end
+
+-- End the client's chat (its partner is told) or take it out of the queue.
+local function leave(c, cooldown)
+  local p = get(c, 'partner')
+  if p then
+    end_chat(c, p)
+    if cooldown > 0 then redis.call('ZADD', P .. 'cool', NOW + cooldown, pk(c, p)) end
+    tell(p, 'L ' .. p .. ' ' .. gen(p))
+  else
+    redis.call('ZREM', P .. 'waiting', c)
+  end
+end
+
+-- Forget cooldowns that have run out; pair the waiting clients they freed.
+local function advance()
+  redis.call('ZREMRANGEBYSCORE', P .. 'cool', '-inf', NOW)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'blocked', '-inf', NOW)
+  if #due == 0 then return end
+  redis.call('ZREMRANGEBYSCORE', P .. 'blocked', '-inf', NOW)
+  local freed, order = {}, {}
+  for _, key in ipairs(due) do
+    local a, b = string.match(key, '^(.*)|(.*)$')
+    if is_waiting(a) and is_waiting(b) and not cool_until(a, b) then
+      for _, x in ipairs({a, b}) do
+        if not freed[x] then
+          freed[x] = true
+          order[#order + 1] = x
+        end
+      end
+    end
+  end
+  for _, x in ipairs(order) do
+    if is_waiting(x) then
+      redis.call('ZREM', P .. 'waiting', x)
+      place(x)
+    end
+  end
+end
+
+-- Take a client out of the pool: its partner is told, no cooldown starts.
+local function forget(c)
+  local p = get(c, 'partner')
+  if p then
+    end_chat(c, p)
+    tell(p, 'L ' .. p .. ' ' .. gen(p))
+  end
+  redis.call('ZREM', P .. 'waiting', c)
+  drop(c, 'id', 'gen', 'partner', 'at', 'sent')
+end
+
+-- Keys live while a node renews them (see RENEW): those a call may have
+-- made get the lease too.
+local function keep(c)
+  if c then redis.call('PEXPIRE', hkey(c), TTL) end
+  for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts'}) do
+    redis.call('PEXPIRE', P .. k, TTL)
+  end
+end
+
+-- When advance must run next, or false.
+local function deadline()
+  local top = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
+  if #top == 0 then return false end
+  return top[2]
+end
+"""
+
+#: ARGV[5]: client, ARGV[6]: its identity.
+CONNECT = (
+    _COMMON
+    + """
+advance()
+local c = ARGV[5]
+put(c, 'id', ARGV[6])
+put(c, 'gen', '0')
+tell(c, 'W ' .. c .. ' 0')
+place(c)
+keep(c)
+return deadline()
+"""
+)
+
+#: ARGV[5]: client, ARGV[6]: its new generation, ARGV[7]: "next", "stop" or
+#: "report", ARGV[8]: the cooldown (seconds), ARGV[9]: how many reported
+#: pairs of identities are remembered.  Returns the deadline and, for a
+#: report that ended a chat: the partner, its identity, when the chat began
+#: (as the caller's clock wrote it) and whether the partner said anything
+#: ("1" or "0").
+LEAVE = (
+    _COMMON
+    + """
+advance()
+local c, mode = ARGV[5], ARGV[7]
+put(c, 'gen', ARGV[6])
+local chat = {}
+if mode == 'report' then
+  local p = get(c, 'partner')
+  if not p then return {deadline()} end
+  local mine, theirs = get(c, 'id'), get(p, 'id')
+  chat = {p, theirs, get(p, 'at'), get(p, 'sent') and '1' or '0'}
+  if mine ~= theirs then
+    redis.call('ZADD', P .. 'never', redis.call('INCR', P .. 'seq'), pk(mine, theirs))
+    if redis.call('ZCARD', P .. 'never') > tonumber(ARGV[9]) then
+      redis.call('ZPOPMIN', P .. 'never')
+    end
+  end
+end
+leave(c, tonumber(ARGV[8]))
+if mode ~= 'stop' then
+  tell(c, 'W ' .. c .. ' ' .. ARGV[6])
+  place(c)
+end
+keep(c)
+return {deadline(), unpack(chat)}
+"""
+)
+
+#: ARGV[5]: client.
+DISCONNECT = (
+    _COMMON
+    + """
+advance()
+forget(ARGV[5])
+keep(false)
+return deadline()
+"""
+)
+
+ADVANCE = (
+    _COMMON
+    + """
+advance()
+keep(false)
+return deadline()
+"""
+)
+
+#: ARGV[5]: client, ARGV[6]: the partner it said something to.
+SAID = (
+    _COMMON
+    + """
+local c = ARGV[5]
+if get(c, 'partner') == ARGV[6] then put(c, 'sent', '1') end
+return false
+"""
+)
+
+#: ARGV[5]: node, ARGV[6]: lease (seconds), ARGV[7]: its clients online,
+#: ARGV[8]: those chatting.  Renews the node's lease, takes the clients of
+#: nodes whose lease has run out out of the pool (their partners are told),
+#: and returns the pool's counts: online, waiting, chatting, nodes; and the
+#: deadline.
+RENEW = (
+    _COMMON
+    + """
+local node, lease = ARGV[5], tonumber(ARGV[6])
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. ARGV[2])) do
+  if dead ~= node then
+    local fields = redis.call('HKEYS', P .. 'nc:' .. dead)
+    for _, f in ipairs(fields) do
+      local c = string.match(f, '^(.*)|id$')
+      if c then forget(c) end
+    end
+    redis.call('DEL', P .. 'nc:' .. dead)
+    redis.call('ZREM', P .. 'nodes', dead)
+    redis.call('HDEL', P .. 'counts', dead)
+  end
+end
+advance()
+redis.call('ZADD', P .. 'nodes', NOW + lease, node)
+redis.call('HSET', P .. 'counts', node, ARGV[7] .. ' ' .. ARGV[8])
+local online, chatting = 0, 0
+for _, v in ipairs(redis.call('HVALS', P .. 'counts')) do
+  local o, ch = string.match(v, '^(%d+) (%d+)$')
+  online = online + tonumber(o)
+  chatting = chatting + tonumber(ch)
+end
+-- Without a live node to renew them, the pool's keys go within two leases
+-- of the last renewal (a live node reaps a dead one's clients after one).
+redis.call('PEXPIRE', P .. 'nc:' .. node, TTL)
+keep(false)
+return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostring(chatting),
+        tostring(redis.call('ZCARD', P .. 'nodes')), deadline()}
+"""
+)
+
+#: ARGV[5]: node.  A node leaving the pool on purpose: its clients go.
+RETIRE = (
+    _COMMON
+    + """
+local node = ARGV[5]
+for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
+  local c = string.match(f, '^(.*)|id$')
+  if c then forget(c) end
+end
+redis.call('DEL', P .. 'nc:' .. node)
+redis.call('ZREM', P .. 'nodes', node)
+redis.call('HDEL', P .. 'counts', node)
+return false
+"""
+)

@@ -1,0 +1,348 @@
+"""The pool shared through Redis: several nodes (matchmakers) over one real
+``redis-server``, on one fake clock, checked through what their clients are
+told."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from fakes import RecordingPeer
+from redis_server import RedisServer
+from twisted.internet import defer, reactor, task
+
+from roulette.core import ReportedChat, Stats
+from roulette.pool import RedisMatchmaker, parse_redis_url
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Pool:
+    """Nodes of one pool (a key prefix of their own) on a fake clock."""
+
+    def __init__(
+        self, redis: RedisServer, cooldown: float = 60.0, lease: float = 3.0, url: str = ""
+    ) -> None:
+        self.redis = redis
+        self.url = url or redis.url
+        self.prefix = f"test{next(_prefixes)}:"
+        self.cooldown = cooldown
+        self.lease = lease
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.nodes: list[RedisMatchmaker] = []
+
+    async def node(self, seed: int = 0) -> RedisMatchmaker:
+        mm = RedisMatchmaker(
+            parse_redis_url(self.url),
+            random.Random(seed),
+            reactor,
+            cooldown=self.cooldown,
+            prefix=self.prefix,
+            lease=self.lease,
+            clock=self.clock,
+        )
+        mm.startService()
+        await mm.ready()
+        self.nodes.append(mm)
+        await self.settle()
+        return mm
+
+    async def settle(self) -> None:
+        """Until every call has been answered and every notice heard (twice
+        over: a notice one node hears may come from another's call)."""
+        for _ in range(2):
+            for mm in self.nodes:
+                if mm.running:
+                    await mm.settle()
+
+    async def tick(self, seconds: float, step: float = 0.5) -> None:
+        """Let fake time pass in steps, as real time would: the nodes renew
+        their leases and wake at their deadlines on the way."""
+        left = seconds
+        while left > 0:
+            dt = min(step, left)
+            self.clock.advance(dt)
+            left -= dt
+            await self.settle()
+
+    async def kill(self, mm: RedisMatchmaker) -> None:
+        """The node dies: it renews nothing more and says nothing."""
+        mm.running = False
+        mm._renewal.stop()
+        if mm._wakeup is not None and mm._wakeup.active():
+            mm._wakeup.cancel()
+        await mm._command_factory.disconnect()
+        await mm._subscriber_factory.disconnect()
+
+    async def close(self) -> None:
+        for mm in self.nodes:
+            if mm.running:
+                await mm.stopService()
+
+    def keys(self) -> list[str]:
+        return [k for k in self.redis.command("KEYS", f"{self.prefix}*").split("\n") if k]
+
+
+@pytest.fixture
+def pool(redis: RedisServer) -> Iterator[Pool]:
+    p = Pool(redis)
+    yield p
+    pytest_twisted.blockon(defer.ensureDeferred(p.close()))
+
+
+def peers(*names: str) -> list[RecordingPeer]:
+    return [RecordingPeer(name) for name in names]
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_of_two_nodes_meet_and_chat_both_ways(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b = peers("a", "b")
+    n1.connect(a, "ip-a")
+    await pool.settle()
+    assert a.take() == [("waiting",)]
+    n2.connect(b, "ip-b")
+    await pool.settle()
+    assert a.take() == [("paired",)]
+    assert b.take() == [("waiting",), ("paired",)]
+    n1.relay(a, b'{"type":"message","text":"hi from 1"}', said=True)
+    n2.relay(b, b'{"type":"typing","active":true}')
+    n2.relay(b, '{"type":"message","text":"h\u00e9llo \U0001f600"}'.encode(), said=True)
+    await pool.settle()
+    assert b.take() == [("event", b'{"type":"message","text":"hi from 1"}')]
+    assert a.take() == [
+        ("event", b'{"type":"typing","active":true}'),
+        ("event", '{"type":"message","text":"h\u00e9llo \U0001f600"}'.encode()),
+    ]
+    assert n1.partner_id(a) == n2.client_id(b)
+    # Redis keeps nothing that was said.
+    for key in pool.keys():
+        dump = pool.redis.command("DUMP", key)
+        assert "hi from 1" not in dump and "llo" not in dump, key
+
+
+@pytest_twisted.ensureDeferred
+async def test_partners_on_one_node_are_relayed_in_memory(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    a, b = peers("a", "b")
+    n1.connect(a)
+    n1.connect(b)
+    await pool.settle()
+    a.take(), b.take()
+    # Relayed at once, without waiting on Redis.
+    n1.relay(a, b"one")
+    assert b.take() == [("event", b"one")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_tells_the_partner_and_the_cooldown_wakes_them_on_time(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b = peers("a", "b")
+    n1.connect(a)
+    n2.connect(b)
+    await pool.settle()
+    a.take(), b.take()
+    n1.next(a)
+    # From the moment a pressed next, nothing more reaches b from a, nor a from b.
+    n1.relay(a, b"late")
+    n2.relay(b, b"late too")
+    await pool.settle()
+    assert a.take() == [("waiting",)]
+    assert b.take() == [("partner_left",)]
+    n2.next(b)
+    await pool.settle()
+    assert b.take() == [("waiting",)]
+    # Both wait, kept apart by their cooldown until it ends, and no longer.
+    await pool.tick(59.5)
+    assert a.take() == [] and b.take() == []
+    await pool.tick(0.5)
+    assert a.take() == [("paired",)] and b.take() == [("paired",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_makes_both_idle_and_stats_count_the_pool(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b, c = peers("a", "b", "c")
+    n1.connect(a)
+    n2.connect(b)
+    n2.connect(c)
+    # Each node renews its lease every second and then knows the pool's
+    # counts as of that moment: after two renewals, both know them all.
+    await pool.tick(2.0)
+    assert n1.stats() == n2.stats() == Stats(online=3, waiting=1, chatting=2)
+    assert n1.nodes == 2
+    waiting = c if c.status == "waiting" else b if b.status == "waiting" else a
+    chatting = [p for p in (a, b, c) if p is not waiting]
+    first = chatting[0]
+    (n1 if first is a else n2).stop(first)
+    await pool.tick(2.0)
+    assert n1.stats() == n2.stats() == Stats(online=3, waiting=1, chatting=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_ends_the_chat_for_good_and_describes_it(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b = peers("a", "b")
+    n1.connect(a, "ip-a")
+    n2.connect(b, "ip-b")
+    await pool.settle()
+    n2.relay(b, b"spam", said=True)
+    await pool.tick(2.5)
+    outcomes: list[ReportedChat | None] = []
+    n1.report(a, outcomes.append)
+    await pool.settle()
+    [chat] = outcomes
+    assert chat is not None
+    assert (chat.identity, chat.seconds, chat.partner_sent) == ("ip-b", 2.5, True)
+    assert a.take()[-1] == ("waiting",)
+    assert b.take()[-1] == ("partner_left",)
+    # Never again, even after the cooldown: a newcomer from ip-b waits too.
+    n2.next(b)
+    await pool.tick(120)
+    assert b.take() == [("waiting",)]
+    assert a.take() == []
+    c = RecordingPeer("c")
+    n2.connect(c, "ip-b")
+    await pool.settle()
+    assert c.take() == [("waiting",), ("paired",)]  # with b: same address, not reported
+    assert a.take() == []
+    # A report without a partner does nothing.
+    n1.report(a, outcomes.append)
+    await pool.settle()
+    assert outcomes[-1] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_is_noticed_on_the_other_node(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b, c = peers("a", "b", "c")
+    n1.connect(a)
+    n2.connect(b)
+    await pool.settle()
+    n2.disconnect(b)
+    await pool.settle()
+    assert a.take()[-1] == ("partner_left",)
+    # No cooldown with someone who is gone; a newcomer is met at once.
+    n1.next(a)
+    n2.connect(c)
+    await pool.settle()
+    assert a.take() == [("waiting",), ("paired",)]
+    assert c.take() == [("waiting",), ("paired",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_clients_of_a_dead_node_leave_the_pool_within_its_lease(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b, w = peers("a", "b", "w")
+    n1.connect(a)
+    n2.connect(b)
+    await pool.settle()
+    n2.connect(w)  # waits
+    await pool.settle()
+    for p in (a, b, w):
+        p.take()
+    await pool.kill(n2)
+    await pool.tick(3.0)
+    assert a.take() == []  # its lease has not run out
+    await pool.tick(1.5)
+    assert a.take() == [("partner_left",)]
+    await pool.tick(1.0)  # the counts, as of the renewal after that
+    assert n1.stats() == Stats(online=1, waiting=0, chatting=0)
+    # The dead node's waiting client was taken out of the queue too.
+    c = RecordingPeer("c")
+    n1.next(a)
+    n1.connect(c)
+    await pool.settle()
+    assert c.take() == [("waiting",), ("paired",)]
+    assert n1.partner_id(c) == n1.client_id(a)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notice_about_a_chat_already_left_is_dropped(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    a = RecordingPeer("a")
+    n1.connect(a)
+    await pool.settle()
+    a.take()
+    client = n1.client_id(a)
+    assert client is not None
+    n1.stop(a)
+    await pool.settle()
+    # A pairing decided before the stop, heard after it: stale.
+    n1._notice(f"P {client} 0 elsewhere:1")
+    assert a.take() == [] and n1.partner_id(a) is None
+    n1._notice(f"P {client} 1 elsewhere:1")
+    assert a.take() == [("paired",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_unix_socket_url(redis: RedisServer) -> None:
+    pool = Pool(redis, url=redis.unix_url)
+    try:
+        n1 = await pool.node(1)
+        a, b = peers("a", "b")
+        n1.connect(a)
+        n1.connect(b)
+        await pool.settle()
+        assert a.take() == [("waiting",), ("paired",)]
+    finally:
+        await pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_stays_in_redis_once_the_nodes_are_gone(redis: RedisServer) -> None:
+    pool = Pool(redis, lease=0.3)
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b, c = peers("a", "b", "c")
+    n1.connect(a)
+    n2.connect(b)
+    n2.connect(c)
+    await pool.settle()
+    n2.next(b)
+    await pool.settle()
+    assert pool.keys()
+    await n1.stopService()  # leaves on purpose
+    await pool.kill(n2)  # dies without a word
+    await task.deferLater(reactor, 0.8, lambda: None)  # two leases of Redis's own time
+    assert pool.keys() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://localhost", "must start with redis://"),
+        ("redis://localhost:99999", "port"),
+        ("redis://localhost/zero", "database must be a number"),
+        ("unix://", "needs a path"),
+        ("unix:///run/redis.sock?db=x", "database must be a number"),
+    ],
+)
+def test_bad_redis_urls_say_what_is_wrong(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_redis_url(url)
+
+
+def test_a_password_is_not_repeated_in_the_display_url(tmp_path: Path) -> None:
+    address = parse_redis_url("redis://user:s3cret@db.example:6380/2")
+    assert (address.db, address.username, address.password) == (2, "user", "s3cret")
+    assert "s3cret" not in address.display
