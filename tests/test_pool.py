@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from fakes import RecordingPeer
 from redis_server import RedisServer
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from roulette.core import ReportedChat, Stats
 from roulette.pool import RedisMatchmaker, parse_redis_url
@@ -346,3 +347,153 @@ def test_a_password_is_not_repeated_in_the_display_url(tmp_path: Path) -> None:
     address = parse_redis_url("redis://user:s3cret@db.example:6380/2")
     assert (address.db, address.username, address.password) == (2, "user", "s3cret")
     assert "s3cret" not in address.display
+
+
+# -- the pairing rules, by the model of the in-memory matchmaker ------------------
+
+
+def _in_reactor(call: Callable[[], object]) -> Any:
+    """Run ``call`` in the reactor's thread and wait for its result (and for
+    the Deferred it may return): the state machine runs in a thread of its
+    own, as a program using the pool from outside would."""
+    return threads.blockingCallFromThread(reactor, call)
+
+
+class _SharedClock:
+    """The state machine's clock, driving the nodes' fake clock: setting
+    ``now`` runs every timer due on the way (renewals, wake-ups)."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        self.clock = clock
+
+    @property
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        _in_reactor(lambda: self.clock.advance(value - self.clock.seconds()))
+
+    def __call__(self) -> float:
+        return self.clock.seconds()
+
+
+class _PoolAsOne:
+    """Several nodes of one pool, seen as one synchronous matchmaker: each
+    call goes to the node of the client (clients are spread over the nodes
+    in turn) and returns once the pool has settled.  What the in-memory
+    matchmaker answers from memory is read from Redis or from the nodes."""
+
+    def __init__(self, pool: Pool, nodes: list[RedisMatchmaker]) -> None:
+        self.pool = pool
+        self.nodes = nodes
+        self.node_of: dict[RecordingPeer, RedisMatchmaker] = {}
+        self.peer_of: dict[str, RecordingPeer] = {}
+        self._waiting: set[str] | None = None
+
+    def _do(self, call: Callable[[], object]) -> None:
+        """``call`` in the reactor's thread, then until the pool has settled."""
+        self._waiting = None
+
+        def then_settle() -> object:
+            call()
+            return defer.ensureDeferred(self.pool.settle())
+
+        _in_reactor(then_settle)
+
+    def connect(self, peer: RecordingPeer, identity: str) -> None:
+        node = self.nodes[len(self.node_of) % len(self.nodes)]
+        self.node_of[peer] = node
+        self._do(lambda: node.connect(peer, identity))
+        client = node.client_id(peer)
+        assert client is not None
+        self.peer_of[client] = peer
+
+    def next(self, peer: RecordingPeer) -> None:
+        self._do(lambda: self.node_of[peer].next(peer))
+
+    def stop(self, peer: RecordingPeer) -> None:
+        self._do(lambda: self.node_of[peer].stop(peer))
+
+    def disconnect(self, peer: RecordingPeer) -> None:
+        self._do(lambda: self.node_of[peer].disconnect(peer))
+
+    def relay(self, peer: RecordingPeer, event: bytes, said: bool = False) -> None:
+        self._do(lambda: self.node_of[peer].relay(peer, event, said))
+
+    def report_now(self, peer: RecordingPeer) -> ReportedChat | None:
+        outcomes: list[ReportedChat | None] = []
+        self._do(lambda: self.node_of[peer].report(peer, outcomes.append))
+        [chat] = outcomes
+        if chat is None:
+            return None
+        partner = chat.partner
+        if not isinstance(partner, RecordingPeer):
+            partner = self.peer_of[partner.client]  # type: ignore[attr-defined]
+        return ReportedChat(partner, chat.identity, chat.seconds, chat.partner_sent)
+
+    def advance(self) -> None:
+        self._do(self.nodes[0].advance)
+
+    def partner_of(self, peer: RecordingPeer) -> RecordingPeer | None:
+        partner = self.node_of[peer].partner_id(peer)
+        return None if partner is None else self.peer_of[partner]
+
+    def _query(self, *args: str) -> list[str]:
+        reply = _in_reactor(lambda: self.nodes[0]._redis.execute_command(*args))
+        return [] if reply is None else [reply] if isinstance(reply, str) else list(reply)
+
+    def is_waiting(self, peer: RecordingPeer) -> bool:
+        if self._waiting is None:
+            self._waiting = set(self._query("ZRANGE", f"{self.pool.prefix}waiting", "0", "-1"))
+        return self.node_of[peer].client_id(peer) in self._waiting
+
+    def stats(self) -> Stats:
+        # As of two renewals of every node's lease (each hears the others').
+        for _ in range(2):
+            self._do(lambda: [node._renew() for node in self.nodes])
+        return self.nodes[0].stats()
+
+    def next_deadline(self) -> float | None:
+        """The earliest moment two waiting clients must be paired, as the
+        in-memory matchmaker computes it (stale entries passed over)."""
+        prefix = self.pool.prefix
+        flat = self._query("ZRANGE", f"{prefix}blocked", "0", "-1", "WITHSCORES")
+        waiting = set(self._query("ZRANGE", f"{prefix}waiting", "0", "-1"))
+        for key, score in zip(flat[::2], flat[1::2], strict=True):
+            a, b = key.split("|")
+            cool = self._query("ZSCORE", f"{prefix}cool", key)
+            if a in waiting and b in waiting and cool and float(cool[0]) == float(score):
+                return float(score)
+        return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pairing_rules_hold_across_nodes(redis: RedisServer) -> None:
+    """The in-memory matchmaker's state machine, run against three nodes of
+    one pool: random steps spread over them, the same invariants."""
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+    from test_core import MatchmakerMachine
+
+    class PoolMachine(MatchmakerMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            # Leases longer than any run: nodes are not reaped here.
+            self.pool = pool = Pool(redis, cooldown=self.COOLDOWN, lease=1e6)
+            start = self.clock.now
+            _in_reactor(lambda: pool.clock.advance(start - pool.clock.seconds()))
+            nodes = [
+                _in_reactor(lambda s=seed: defer.ensureDeferred(pool.node(s))) for seed in range(3)
+            ]
+            self.clock = _SharedClock(pool.clock)  # type: ignore[assignment]
+            self.mm = _PoolAsOne(pool, nodes)  # type: ignore[assignment]
+
+        def teardown(self) -> None:
+            _in_reactor(lambda: defer.ensureDeferred(self.pool.close()))
+
+    await threads.deferToThread(
+        run_state_machine_as_test,
+        PoolMachine,
+        settings=settings(max_examples=25, stateful_step_count=30, deadline=None, database=None),
+    )
