@@ -36,10 +36,11 @@ from roulette.abuse import (
     Reports,
     SocketLimits,
 )
-from roulette.core import MemoryMatchmaker
+from roulette.core import Matchmaker, MemoryMatchmaker
 from roulette.limits import DEFAULT, Limits
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally
+from roulette.pool import RedisMatchmaker, parse_redis_url
 from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, RouletteFactory
 from roulette.transport import direct_tcp
 from roulette.website import (
@@ -213,6 +214,14 @@ class Options(usage.Options):
             float,
         ],
         [
+            "redis",
+            None,
+            None,
+            "Share one pool of strangers with every process using this Redis: "
+            "redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or "
+            "unix:///PATH[?db=N] [default: none, the process is a pool of its own].",
+        ],
+        [
             "shutdown-grace",
             None,
             5.0,
@@ -286,6 +295,11 @@ class Options(usage.Options):
             endpoints.serverFromString(object(), self["port"])
         except Exception as error:
             raise usage.UsageError(f"--port {self['port']}: {_reason(error)}") from None
+        if self["redis"] is not None:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as error:
+                raise usage.UsageError(f"--redis {error}") from None
         if self["web-root"] is None:
             self["web-root"] = default_web_root()
         else:
@@ -396,9 +410,19 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     # Autobahn logs every frame and close at debug level; keep the log readable.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # txaio binds it when a framework is chosen
     parent = MultiService()
-    matchmaker = MemoryMatchmaker(
-        random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
-    )
+    matchmaker: Matchmaker
+    if config["redis"] is not None:
+        # First among the services: it joins the pool before clients come,
+        # and leaves it after they have gone.
+        pool = RedisMatchmaker(
+            config["redis"], random.SystemRandom(), reactor, cooldown=config["repair-cooldown"]
+        )
+        pool.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        matchmaker = pool
+    else:
+        matchmaker = MemoryMatchmaker(
+            random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
+        )
     limits = Limits(
         max_message_length=config["max-message-length"],
         message_rate=config["message-rate"],

@@ -135,7 +135,8 @@ class StaticFiles(static.File):
 
 
 class Health(resource.Resource):
-    """``GET /healthz``: the lobby's counts as JSON."""
+    """``GET /healthz``: the lobby's counts as JSON (the pool's, with
+    ``--redis``, and the id of the node that answered)."""
 
     isLeaf = True
 
@@ -146,7 +147,11 @@ class Health(resource.Resource):
     def render_GET(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        return json.dumps(self._lobby.stats().as_dict()).encode("ascii")
+        answer: dict[str, object] = {**self._lobby.stats().as_dict()}
+        node = getattr(self._lobby.matchmaker, "node", None)
+        if node is not None:  # one node of a pool (--redis): which answered
+            answer["node"] = node
+        return json.dumps(answer).encode("ascii")
 
 
 class DeadlineChannel(http.HTTPChannel):

@@ -497,3 +497,64 @@ async def test_the_pairing_rules_hold_across_nodes(redis: RedisServer) -> None:
         PoolMachine,
         settings=settings(max_examples=25, stateful_step_count=30, deadline=None, database=None),
     )
+
+
+# -- twistd roulette --redis: processes as nodes ------------------------------------
+
+
+def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: RedisServer) -> None:
+    import asyncio
+    import json
+    import signal
+    import time
+
+    import websockets
+    from support import RunningServer, run_async, wait_until
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/1"  # a database of this test's own
+    with (
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as one,
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as two,
+    ):
+
+        async def scenario() -> float:
+            a = await websockets.connect(one.ws_url)
+            assert json.loads(await a.recv())["type"] == "online"
+            assert await recv(a) == {"type": "waiting"}
+            b = await websockets.connect(two.ws_url)
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(b) == {"type": "paired"}
+            assert await recv(a) == {"type": "paired"}
+            await send(a, {"type": "message", "text": "from one", "id": 1})
+            assert await recv(a) == {"type": "sent", "id": 1}
+            assert await recv(b) == {"type": "message", "text": "from one"}
+            await send(b, {"type": "typing", "active": True})
+            await send(b, {"type": "message", "text": "and from two"})
+            assert await recv(a) == {"type": "typing", "active": True}
+            assert await recv(a) == {"type": "message", "text": "and from two"}
+            # Next on one process: the partner on the other hears it.
+            await send(b, {"type": "next"})
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(a) == {"type": "partner_left"}
+            await send(a, {"type": "next"})
+            assert await recv(a) == {"type": "waiting"}
+            assert await recv(a) == {"type": "paired"}
+            assert await recv(b) == {"type": "paired"}
+            # Both processes count the whole pool, and say which answered.
+            await asyncio.sleep(2.5)
+            health = [one.health(), two.health()]
+            assert [(h["online"], h["chatting"]) for h in health] == [(2, 2), (2, 2)]
+            assert health[0]["node"] != health[1]["node"]
+            # The second process dies without a word.
+            assert two.process is not None
+            two.process.send_signal(signal.SIGKILL)
+            started = time.monotonic()
+            assert await recv(a, timeout=10) == {"type": "partner_left"}
+            took = time.monotonic() - started
+            await a.close()
+            return took
+
+        took = run_async(scenario())
+        assert took < 5.0, f"the partner of a killed process heard of it after {took:.1f} s"
+        wait_until(lambda: one.health()["online"] == 0)
