@@ -50,6 +50,7 @@ from roulette.website import (
     default_web_root,
     make_site,
 )
+from roulette.workers import StopWithParent, Workers
 
 log = Logger()
 
@@ -222,6 +223,14 @@ class Options(usage.Options):
             "unix:///PATH[?db=N] [default: none, the process is a pool of its own].",
         ],
         [
+            "workers",
+            None,
+            1,
+            "Serve with this many processes sharing the port (SO_REUSEPORT) and the --redis "
+            "pool; the process started supervises them.",
+            int,
+        ],
+        [
             "shutdown-grace",
             None,
             5.0,
@@ -230,10 +239,30 @@ class Options(usage.Options):
         ],
     ]
 
+    optFlags = [
+        [
+            "reuse-port",
+            None,
+            "Listen with SO_REUSEPORT, so that several processes share the port (as --workers "
+            "does).",
+        ],
+        [
+            "stop-with-stdin",
+            None,
+            "Stop when standard input ends (what --workers tells its workers).",
+        ],
+    ]
+
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self["allowed-origin"] = []
         self["public-host"] = []
+        #: The command line as given, which --workers passes on to each worker.
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.arguments = list(options) if options is not None else []
+        super().parseOptions(options)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def opt_allowed_origin(self, pattern: str) -> None:
         """Also accept WebSockets from pages of this origin (scheme://host[:port], * for any run of characters; repeatable). The server's own origin is always accepted."""  # noqa: E501
@@ -284,6 +313,12 @@ class Options(usage.Options):
         ):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1 and self["redis"] is None:
+            raise usage.UsageError(
+                "--workers needs --redis: workers meet each other's visitors through it"
+            )
         if self["max-sockets-per-ip"] is not None and self["max-sockets-per-ip"] < 0:
             raise usage.UsageError("--max-sockets-per-ip must not be negative")
         # Autobahn schedules these timers to whole seconds.
@@ -401,6 +436,20 @@ class _Listening:
         return self._endpoint.listen(factory).addCallback(listening)
 
 
+def _without_workers(arguments: list[str]) -> list[str]:
+    """The command line less its ``--workers`` option."""
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--workers":
+            skip = True
+        elif not argument.startswith("--workers="):
+            kept.append(argument)
+    return kept
+
+
 def makeService(config: Options, reactor: IReactorCore | None = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -410,6 +459,17 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     # Autobahn logs every frame and close at debug level; keep the log readable.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # txaio binds it when a framework is chosen
     parent = MultiService()
+    if config["workers"] > 1:
+        workers = Workers(
+            reactor,
+            config["workers"],
+            [*_without_workers(config.arguments), "--reuse-port", "--stop-with-stdin"],
+            grace=config["shutdown-grace"] + 5,
+        )
+        workers.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        return parent
+    if config["stop-with-stdin"]:
+        StopWithParent(reactor).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     matchmaker: Matchmaker
     if config["redis"] is not None:
         # First among the services: it joins the pool before clients come,
@@ -474,7 +534,9 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     # syscall per relayed message instead of a loop turn and three.
     # strports.service fails at start-up (twistd exits non-zero) when the
     # port cannot be bound; the site must know its port to pause it.
-    listener = strports.service(config["port"], site, reactor=direct_tcp(reactor))
+    listener = strports.service(
+        config["port"], site, reactor=direct_tcp(reactor, config["reuse-port"])
+    )
     listener.endpoint = _Listening(listener.endpoint, site.listening)
     _Listener(listener, config["port"]).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return parent

@@ -9,17 +9,19 @@ the order of bytes, the buffer limits and producers behave as before.
 
 :class:`DirectTCPReactor` hands the endpoint parser a reactor whose
 ``listenTCP`` makes ports of such connections, so ``tcp:`` (and
-``haproxy:tcp:``) endpoint strings get them; every other endpoint type is
-the reactor's own.
+``haproxy:tcp:``) endpoint strings get them, and ``ssl:`` ones (TLS over such
+connections); every other endpoint type is the reactor's own.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 
 class DirectServer(tcp.Server):
@@ -52,14 +54,24 @@ class DirectServer(tcp.Server):
 
 class DirectPort(tcp.Port):
     transport = DirectServer
+    #: Bind with ``SO_REUSEPORT``: several processes listen on one port and
+    #: the kernel spreads new connections over them.
+    reuse_port = False
+
+    def createInternetSocket(self) -> socket.socket:
+        s: socket.socket = super().createInternetSocket()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        if self.reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return s
 
 
 class DirectTCPReactor:
     """A reactor that listens on TCP with :class:`DirectPort` and is the
     wrapped reactor in every other respect."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, reuse_port: bool = False) -> None:
         self._reactor = reactor
+        self._reuse_port = reuse_port
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
@@ -68,15 +80,35 @@ class DirectTCPReactor:
         self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
     ) -> DirectPort:
         listening = DirectPort(port, factory, backlog, interface, self._reactor)
+        listening.reuse_port = self._reuse_port
         listening.startListening()
         return listening
 
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> Any:
+        """The reactor's own; with ``reuse_port``, TLS over :meth:`listenTCP`,
+        as the reactor's own ``listenSSL`` does over its own ``listenTCP``."""
+        if not self._reuse_port:
+            return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
+        tls_factory = TLSMemoryBIOFactory(contextFactory, False, factory)
+        listening = self.listenTCP(port, tls_factory, backlog, interface)
+        listening._type = "TLS"
+        return listening
 
-def direct_tcp(reactor: Any) -> Any:
+
+def direct_tcp(reactor: Any, reuse_port: bool = False) -> Any:
     """``reactor`` wrapped in a :class:`DirectTCPReactor` when its TCP ports
     are Twisted's own (any reactor built on file descriptors); otherwise, as
     for a test's memory reactor, ``reactor`` itself."""
-    return DirectTCPReactor(reactor) if isinstance(reactor, PosixReactorBase) else reactor
+    if isinstance(reactor, PosixReactorBase):
+        return DirectTCPReactor(reactor, reuse_port)
+    return reactor
 
 
 def peer_host(transport: Any) -> str:

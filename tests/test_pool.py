@@ -558,3 +558,85 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
         took = run_async(scenario())
         assert took < 5.0, f"the partner of a killed process heard of it after {took:.1f} s"
         wait_until(lambda: one.health()["online"] == 0)
+
+
+def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:
+    import asyncio
+    import json
+    import signal
+
+    import websockets
+    from support import RunningServer, run_async, wait_until
+    from test_e2e import closed_with, recv
+
+    url = redis.url.rsplit("/", 1)[0] + "/2"
+    server = RunningServer(None, "--redis", url, "--workers", "2", "--repair-cooldown", "0")
+    with server:
+        # Each worker answers for itself: new connections reach both.
+        def nodes() -> set[str]:
+            return {server.health()["node"] for _ in range(20)}
+
+        wait_until(lambda: len(nodes()) == 2, timeout=20)
+
+        async def scenario() -> list[int | None]:
+            clients = [await websockets.connect(server.ws_url) for _ in range(8)]
+            for ws in clients:
+                assert json.loads(await ws.recv())["type"] == "online"
+            # Everyone is paired, across workers as within them.
+            for ws in clients:
+                events = [await recv(ws), await recv(ws)]
+                assert events == [{"type": "waiting"}, {"type": "paired"}], events
+            await asyncio.sleep(2.5)
+            assert server.health()["online"] == 8
+            # SIGTERM to the supervisor: every worker tells its clients 1001.
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            return [await closed_with(ws, timeout=15) for ws in clients]
+
+        codes = run_async(scenario())
+        assert codes == [1001] * 8
+        assert server.process is not None
+        # twistd shuts down cleanly, then re-raises the signal it received.
+        assert server.process.wait(timeout=20) in (0, -signal.SIGTERM)
+        log = server.log()
+        assert "worker 1: " in log and "worker 2: " in log
+        assert "Server Shut Down" in log
+        assert "exited" not in log  # no worker died and was started again
+
+
+def test_a_killed_worker_is_started_again_and_workers_end_with_their_supervisor(
+    redis: RedisServer,
+) -> None:
+    import os
+    import re
+    import signal
+
+    from support import RunningServer, wait_until
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # A zombie (dead, not yet reaped) counts as gone.
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+
+    def pids() -> list[int]:
+        return [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", server.log())]
+
+    url = redis.url.rsplit("/", 1)[0] + "/3"
+    server = RunningServer(None, "--redis", url, "--workers", "2")
+    with server:
+        wait_until(lambda: len(pids()) == 2)
+        first, second = pids()
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: len(pids()) == 3, timeout=15)
+        assert "worker 1 exited" in server.log()
+        third = pids()[2]
+        wait_until(lambda: len({server.health()["node"] for _ in range(20)}) == 2, timeout=20)
+        # The supervisor dies without a word: its workers stop by themselves.
+        assert server.process is not None
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=10)
+        wait_until(lambda: not alive(second) and not alive(third), timeout=15)
