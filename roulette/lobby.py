@@ -120,6 +120,9 @@ class Lobby(Service):
         self._housekeeping.clock = reactor
         self._online_sent = -1
         self._drained: Deferred[None] | None = None
+        #: Whether clients may come in: a node of a shared pool is not ready
+        #: until it has joined the pool (see ``tap.makeService``).
+        self.ready = True
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted

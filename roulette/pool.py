@@ -105,6 +105,21 @@ def parse_redis_url(url: str) -> RedisAddress:
     raise ValueError(f"{display}: the URL must start with redis://, rediss:// or unix://")
 
 
+#: Seconds a node leaving the pool waits for Redis to take note.
+RETIRE_TIMEOUT = 2.0
+
+#: Seconds between tries to reach Redis: at first, and at most (with jitter).
+RETRY_FIRST = 0.5
+RETRY_MOST = 2.0
+
+
+def _retry_soon(factory: Any) -> None:
+    """Try to reach Redis again every two seconds at most, so that pairing
+    resumes within a few seconds of Redis coming back."""
+    factory.initialDelay = RETRY_FIRST
+    factory.maxDelay = RETRY_MOST
+
+
 class _Elsewhere:
     """A client of another node, as a report names it: this node can tell
     it nothing (its own node does)."""
@@ -193,6 +208,10 @@ class RedisMatchmaker(Service):
         self._command_factory: Any = None
         self._subscriber_factory: Any = None
         self._ready: Deferred[None] = Deferred()
+        self._listening = False
+        #: The key with which every node of the pool hashes client addresses
+        #: (from Redis: the first node's), once known.
+        self.secret: bytes | None = None
 
     # -- the service -----------------------------------------------------------
 
@@ -209,6 +228,7 @@ class RedisMatchmaker(Service):
             username=address.username,
             convertNumbers=False,
         )
+        _retry_soon(factory)
         factory.startConnecting(endpoint)
         self._command_factory = factory
         self._redis = factory.handler
@@ -217,18 +237,31 @@ class RedisMatchmaker(Service):
         subscriber.password = address.password
         subscriber.username = address.username
         subscriber.matchmaker = self
+        _retry_soon(subscriber)
         subscriber.startConnecting(address.endpoint(self._reactor))
         self._subscriber_factory = subscriber
         self._renewal.start(self._lease / 3, now=True)
+        proposal = self._rng.getrandbits(256).to_bytes(32, "big").hex()
+        self._call(scripts.SECRET, proposal, deadline=False).addCallback(self._have_secret)
 
     def ready(self) -> Deferred[None]:
-        """Fires once the node has joined the pool and hears its channel."""
+        """Fires once the node has joined the pool, knows its secret and
+        hears its channel."""
         d: Deferred[None] = Deferred()
         self._ready.addCallback(lambda _: d.callback(None))
         return d
 
+    def _have_secret(self, secret: str | None) -> None:
+        if secret:
+            self.secret = bytes.fromhex(secret)
+            self._joined()
+
     def _subscribed(self) -> None:
-        if not self._ready.called:
+        self._listening = True
+        self._joined()
+
+    def _joined(self) -> None:
+        if self.secret is not None and self._listening and not self._ready.called:
             self._ready.callback(None)
 
     @defer.inlineCallbacks
@@ -239,10 +272,13 @@ class RedisMatchmaker(Service):
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
         self._wakeup = None
+        # Leave the pool, unless Redis cannot be reached: then the lease runs out.
+        retired = self._call(scripts.RETIRE, self.node, deadline=False)
+        retired.addTimeout(RETIRE_TIMEOUT, self._reactor)
         try:
-            yield self._call(scripts.RETIRE, self.node)
+            yield retired
         except Exception:
-            log.failure("leaving the pool failed")
+            log.info("left the pool without a word: its lease runs out")
         yield self._command_factory.disconnect()
         yield self._subscriber_factory.disconnect()
 
@@ -303,7 +339,7 @@ class RedisMatchmaker(Service):
             return
         if said and client not in self._said:
             self._said.add(client)
-            self._call(scripts.SAID, client, other)
+            self._call(scripts.SAID, client, other, deadline=False)
         target = self._peers.get(other)
         if target is not None:
             # Both on this node: only while each is the other's partner.
@@ -367,14 +403,19 @@ class RedisMatchmaker(Service):
         self._said.discard(client)
         return client
 
-    def _call(self, script: str, *args: str, now: float | None = None) -> Deferred[Any]:
+    def _call(
+        self, script: str, *args: str, now: float | None = None, deadline: bool = True
+    ) -> Deferred[Any]:
+        """Run ``script``; ``deadline``: it returns when advance must run next
+        (alone or first of a list), for which the node's timer is set."""
         if now is None:
             now = self._clock.seconds()
         seed = self._rng.getrandbits(31)
         ttl = str(math.ceil(2 * self._lease * 1000))
         d = self._redis.eval(script, [], [self._prefix, repr(float(now)), str(seed), ttl, *args])
         self._track(d)
-        d.addCallback(self._schedule)
+        if deadline:
+            d.addCallback(self._schedule)
         return cast(Deferred[Any], d)
 
     def _track(self, d: Deferred[Any]) -> None:

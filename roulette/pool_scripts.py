@@ -31,6 +31,9 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
     sorted set: "identity|identity" -> sequence; never paired again.
 ``P.."counts"``
     hash: node id -> "online chatting", as the node last renewed its lease.
+``P.."secret"``
+    the key with which every node of the pool hashes client addresses, so
+    that one address has one identity in the whole pool.
 
 A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
@@ -167,7 +170,7 @@ end
 -- made get the lease too.
 local function keep(c)
   if c then redis.call('PEXPIRE', hkey(c), TTL) end
-  for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts'}) do
+  for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts', 'secret'}) do
     redis.call('PEXPIRE', P .. k, TTL)
   end
 end
@@ -296,6 +299,17 @@ redis.call('PEXPIRE', P .. 'nc:' .. node, TTL)
 keep(false)
 return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostring(chatting),
         tostring(redis.call('ZCARD', P .. 'nodes')), deadline()}
+"""
+)
+
+#: ARGV[5]: a secret this node proposes.  Returns the pool's secret: the
+#: first node's.
+SECRET = (
+    _COMMON
+    + """
+redis.call('SET', P .. 'secret', ARGV[5], 'NX')
+keep(false)
+return redis.call('GET', P .. 'secret')
 """
 )
 

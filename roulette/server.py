@@ -145,6 +145,10 @@ class RouletteProtocol(WebSocketServerProtocol):
         )
         if not gate.hosts.allows(host, scheme):
             self._deny_handshake(421, "Misdirected Request", host=host)
+        if not lobby.ready:
+            # A node of a pool that has not joined it yet: it cannot pair
+            # anyone, nor hash addresses as the pool does.
+            self._deny_handshake(503, "starting up")
         if not gate.origins.allows(request.origin, host, scheme):
             self._deny_handshake(403, "origin not allowed", origin=request.origin)
         until = lobby.banned_until(*keys.scopes)

@@ -30,6 +30,7 @@ from roulette import wire
 from roulette.abuse import (
     BANS_PER_REPORTER,
     MIN_CHAT_SECONDS,
+    AddressHasher,
     AddressLimits,
     OriginPolicy,
     PublicHosts,
@@ -509,6 +510,18 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         hosts=PublicHosts(tuple(config["public-host"])),
     )
     lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
+    if isinstance(matchmaker, RedisMatchmaker):
+        # Clients wait (503) until the node has joined the pool and hashes
+        # addresses with the pool's secret: one address, one identity.
+        lobby.ready = False
+
+        def joined(_: object) -> None:
+            assert isinstance(matchmaker, RedisMatchmaker) and matchmaker.secret is not None
+            gate.hasher = AddressHasher(matchmaker.secret)
+            lobby.ready = True
+            log.info("joined the pool as node {node}", node=matchmaker.node)
+
+        matchmaker.ready().addCallback(joined)
     lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,

@@ -137,6 +137,20 @@ async def test_clients_of_two_nodes_meet_and_chat_both_ways(pool: Pool) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_nodes_of_a_pool_share_one_secret(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    assert n1.secret is not None and len(n1.secret) == 32
+    assert n2.secret == n1.secret
+    other = Pool(pool.redis)
+    try:
+        n3 = await other.node(3)
+        assert n3.secret != n1.secret  # another pool, another secret
+    finally:
+        await other.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_partners_on_one_node_are_relayed_in_memory(pool: Pool) -> None:
     n1 = await pool.node(1)
     a, b = peers("a", "b")
@@ -558,6 +572,74 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
         took = run_async(scenario())
         assert took < 5.0, f"the partner of a killed process heard of it after {took:.1f} s"
         wait_until(lambda: one.health()["online"] == 0)
+
+
+def test_a_report_on_one_process_keeps_the_address_apart_on_the_others(
+    redis: RedisServer,
+) -> None:
+    import asyncio
+    import json
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/4"
+    options = ("--redis", url, "--repair-cooldown", "0", "--trust-proxy", "1")
+    with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
+
+        async def connect(server: RunningServer, address: str) -> object:
+            ws = await websockets.connect(
+                server.ws_url, additional_headers={"X-Forwarded-For": address}
+            )
+            assert json.loads(await ws.recv())["type"] == "online"
+            assert await recv(ws) == {"type": "waiting"}
+            return ws
+
+        async def scenario() -> None:
+            a = await connect(one, "198.51.100.1")
+            b = await connect(two, "203.0.113.2")
+            assert await recv(a) == {"type": "paired"}
+            assert await recv(b) == {"type": "paired"}
+            await send(a, {"type": "report"})
+            assert await recv(a) == {"type": "waiting"}
+            assert await recv(b) == {"type": "partner_left"}
+            # b's address, on the other process, is never a's partner again:
+            # both wait, side by side...
+            c = await connect(one, "203.0.113.2")
+            await asyncio.sleep(2.5)  # both processes have renewed their counts
+            assert [(h["waiting"], h["chatting"]) for h in (one.health(), two.health())] == [
+                (2, 0),
+                (2, 0),
+            ]
+            # ...while a newcomer from an address nobody reported meets one of them.
+            d = await connect(two, "192.0.2.4")
+            assert await recv(d) == {"type": "paired"}
+            for ws in (a, b, c, d):
+                await ws.close()  # type: ignore[attr-defined]
+
+        run_async(scenario())
+
+
+def test_a_process_that_cannot_reach_its_redis_refuses_websockets_until_it_can(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    from support import RunningServer, free_port, wait_until
+    from test_security import status_of
+
+    # A Redis that is not there yet: the page and /healthz answer, the
+    # WebSocket says 503 (the page tries again) rather than pairing nobody.
+    later = RedisServer(tmp_path)
+    later.port = free_port()
+    with RunningServer(None, "--redis", later.url) as server:
+        assert server.health()["online"] == 0
+        assert status_of(server.port) == 503
+        later.start()
+        try:
+            # Within five seconds of Redis coming up.
+            wait_until(lambda: status_of(server.port) == 101, timeout=5)
+        finally:
+            later.stop()
 
 
 def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:
