@@ -58,9 +58,8 @@ LOST = "Connection lost. Reconnecting…"
 REPORTED = "You reported the stranger. Looking for a stranger…"
 TYPING = "Stranger is typing…"
 
-#: The module's server refuses messages over this many characters; the page
-#: itself allows the protocol's default of 2000, so the gap shows how the page
-#: reports an ``error`` event from the server.
+#: The module's server refuses messages over this many characters, not the
+#: protocol's default of 2000: the page must learn the limit from the server.
 SERVER_MAX_LENGTH = 500
 
 expect.set_options(timeout=10_000)
@@ -372,6 +371,8 @@ class Relay:
         self.held: list[str | bytes] = []
         self.holding = False
         self.refuse: set[str] = set()
+        #: Limits to tell the tab in place of the server's, if any.
+        self.limits: dict[str, float] | None = None
         self.connections = 0
         self._route: WebSocketRoute | None = None
         self.page.route_web_socket(re.compile(r"/ws$"), self._connect)
@@ -384,8 +385,11 @@ class Relay:
         server = route.connect_to_server()
 
         def from_server(message: str | bytes) -> None:
-            kind = json.loads(message)["type"]
+            event = json.loads(message)
+            kind = event["type"]
             self.received.append(kind)
+            if "limits" in event and self.limits is not None:
+                message = json.dumps({**event, "limits": self.limits})
             if self.holding and kind != "online":
                 self.held.append(message)
             else:
@@ -402,6 +406,11 @@ class Relay:
 
         server.on_message(from_server)
         route.on_message(from_page)
+
+    def reconnect(self) -> None:
+        """Reload the tab, so that it connects through the relay again."""
+        self.page.reload()
+        self.wait_for(lambda: "waiting" in self.received)
 
     def wait_for(self, predicate: Callable[[], bool]) -> None:
         pump_until(self.page, predicate)
@@ -470,6 +479,50 @@ def test_events_about_a_chat_already_left_are_ignored(
     expect_chatting(alice, bob)  # they meet again: the cooldown is 0
     bob.say("hello again")
     expect(alice.lines).to_have_text(["Stranger: hello again"])
+
+
+def test_a_message_shows_as_sent_only_once_the_server_has_relayed_it(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat()
+    relay = Relay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+
+    # Until the server confirms it, Alice's line says so.
+    relay.holding = True
+    alice.say("first")
+    expect(bob.lines).to_have_text(["Stranger: first"])
+    expect(alice.lines).to_have_text(["You: first (sending…)"])
+    relay.release()
+    expect(alice.lines).to_have_text(["You: first"])
+
+    # A message the server refuses is never shown as said.  (Here the tab
+    # is told a longer limit than the server's, as by a server whose
+    # limits changed since the page learnt them.)
+    relay.limits = {"message_length": 2000}
+    relay.reconnect()
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+    refused = "z" * (SERVER_MAX_LENGTH + 1)
+    alice.say(refused)
+    expect(alice.lines).to_have_text([f"You: {refused} (not delivered: too long)"])
+    expect(alice.lines.last).to_have_class(re.compile(r"\bfailed\b"))
+    expect(alice.notice).to_have_text(
+        f"A message may be at most {SERVER_MAX_LENGTH} characters long."
+    )
+    alice.say("and this one?")
+    expect(alice.lines.last).to_have_text("You: and this one?")
+    expect(bob.lines).to_have_text(["Stranger: and this one?"])
+
+    # Lost with the connection before the server answered: not confirmed.
+    relay.holding = True
+    alice.say("still there?")
+    expect(bob.lines.last).to_have_text("Stranger: still there?")
+    relay.close(1011)
+    expect(alice.lines.last).to_have_text(
+        "You: still there? (not confirmed: the connection was lost)"
+    )
 
 
 def test_a_refused_next_or_stop_does_not_leave_the_page_out_of_step(
@@ -664,10 +717,15 @@ def test_text_the_server_would_refuse_is_explained_inline(open_chat: OpenChat) -
         expect(alice.notice).to_have_text("Type a message first.")
     expect(alice.lines).to_have_count(0)
 
-    alice.say("x" * 2001)
-    expect(alice.notice).to_have_text("Your message is 2,001 characters long; the limit is 2,000.")
-    expect(alice.page.get_by_text("2,001 / 2,000")).to_be_visible()
-    expect(alice.box).to_have_value("x" * 2001)  # nothing is lost
+    # The limit is the server's (--max-message-length), as it told the page.
+    too_long = "x" * (SERVER_MAX_LENGTH + 1)
+    alice.say(too_long)
+    expect(alice.notice).to_have_text(
+        f"Your message is {SERVER_MAX_LENGTH + 1} characters long; "
+        f"the limit is {SERVER_MAX_LENGTH}."
+    )
+    expect(alice.page.get_by_text(f"{SERVER_MAX_LENGTH + 1} / {SERVER_MAX_LENGTH}")).to_be_visible()
+    expect(alice.box).to_have_value(too_long)  # nothing is lost
     expect(alice.lines).to_have_count(0)
 
     # Typing again takes the explanation away.
@@ -676,14 +734,10 @@ def test_text_the_server_would_refuse_is_explained_inline(open_chat: OpenChat) -
     alice.box.press("Enter")
     expect(bob.lines).to_have_text(["Stranger: fine, short"])
 
-    # The server refuses what its --max-message-length forbids: shown inline.
-    alice.say("y" * (SERVER_MAX_LENGTH + 1))
-    expect(alice.notice).to_have_text(
-        f"A message may be at most {SERVER_MAX_LENGTH} characters long."
-    )
-    bob.say("did you say something?")
-    expect(alice.lines.last).to_have_text("Stranger: did you say something?")
-    expect(bob.lines).to_have_count(2)
+    # Exactly at the limit is fine.
+    alice.say("y" * SERVER_MAX_LENGTH)
+    expect(bob.lines.last).to_have_text("Stranger: " + "y" * SERVER_MAX_LENGTH)
+    expect(alice.lines.last).to_have_text("You: " + "y" * SERVER_MAX_LENGTH)
 
     bob.button("Stop").click()
     expect(alice.status).to_have_text(PARTNER_LEFT)

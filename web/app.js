@@ -32,12 +32,28 @@
   var RETRY_BASE_S = 1;
   var RETRY_CAP_S = 30;
   var RETRY_FLOOR_S = 0.25;
-  // The server refuses commands sent too fast (by default: messages 5 a
-  // second, 10 at once; next, stop and report together 1 a second, 5 at
-  // once).  The page keeps a little under those budgets, so what it shows was
-  // not refused.
-  var messageBudget = bucket(4, 8);
-  var queueBudget = bucket(0.8, 4);
+  // The server refuses commands sent too fast, and messages too long.  Its
+  // first "online" event says how fast and how long ("limits"); until then,
+  // or from a server that does not say, these are protocol v1's defaults.
+  // The page keeps a little under the budgets, so what it sends is not
+  // refused; a message the server refuses anyway is marked as not delivered.
+  var DEFAULT_LIMITS = {
+    message_length: 2000,
+    message_rate: 5,
+    message_burst: 10,
+    command_rate: 1,
+    command_burst: 5,
+  };
+  var BUDGET_SHARE = 0.8;
+  var maxLength = DEFAULT_LIMITS.message_length;
+  var messageBudget = underBudget(DEFAULT_LIMITS.message_rate, DEFAULT_LIMITS.message_burst);
+  var queueBudget = underBudget(DEFAULT_LIMITS.command_rate, DEFAULT_LIMITS.command_burst);
+  // Why the server refused a message, as the line in the log says it.
+  var REFUSALS = {
+    too_long: "too long",
+    rate_limited: "sent too fast",
+    not_paired: "the stranger had left",
+  };
   // A refused next or stop would leave the page unsure of its state.
   var RESYNC_WINDOW_MS = 3000;
   // After a ban the page waits until it ends, then up to this much more.
@@ -59,7 +75,6 @@
   var reportBtn = document.getElementById("report");
   var sendBtn = document.getElementById("send");
 
-  var maxLength = parseInt(box.getAttribute("data-max-length"), 10) || 2000;
   var baseTitle = document.title;
 
   // What the server believes about this person, as far as the page knows:
@@ -85,6 +100,10 @@
   var reportTimer = 0;
   var unread = 0;
   var lastQueueCommandAt = -Infinity;
+  // Each message goes with an id; its line stays "sending" until the server
+  // answers "sent" (or an error) with that id.
+  var nextMessageId = 1;
+  var unconfirmed = {}; // id -> the line of a message not yet answered
 
   // -- the connection ------------------------------------------------------
 
@@ -153,6 +172,14 @@
       lost = true;
       reportUnanswered = false;
       onlineEl.textContent = "";
+      // The server will not answer for these now: they may or may not
+      // have reached the stranger.
+      for (var id in unconfirmed) {
+        if (unconfirmed.hasOwnProperty(id)) {
+          confirmLine(unconfirmed[id], "the connection was lost", "not confirmed");
+        }
+      }
+      unconfirmed = {};
       disarmEsc();
       disarmReport();
       resetTypingSignal();
@@ -246,8 +273,26 @@
         if (typeof event.count === "number" && isFinite(event.count) && event.count >= 0) {
           onlineEl.textContent = Math.floor(event.count).toLocaleString() + " online";
         }
+        if (event.limits && typeof event.limits === "object") applyLimits(event.limits);
+        return;
+      case "sent":
+        // Answers name a line by its id, whatever chat the page is in now.
+        if (unconfirmed.hasOwnProperty(event.id)) {
+          confirmLine(unconfirmed[event.id], null);
+          delete unconfirmed[event.id];
+        }
         return;
       case "error":
+        if (typeof event.id === "number") {
+          // About a message, not a next, stop or report: nothing to put back
+          // in step.  Its line may be gone with the chat it was in.
+          if (unconfirmed.hasOwnProperty(event.id)) {
+            confirmLine(unconfirmed[event.id], REFUSALS[event.code] || "refused");
+            delete unconfirmed[event.id];
+            if (typeof event.message === "string" && event.message) showNotice(event.message);
+          }
+          return;
+        }
         if (event.code === "not_paired" && reportUnanswered) {
           // Nothing to tell: the person is looking again either way.
           reportRefused();
@@ -446,8 +491,12 @@
       return;
     }
     stopTypingSignal();
-    if (!transmit({ type: "message", text: text })) return;
-    addLine("you", text);
+    var id = nextMessageId++;
+    if (!transmit({ type: "message", text: text, id: id })) return;
+    var line = addLine("you", text);
+    line.classList.add("pending");
+    setLineState(line, "sending…");
+    unconfirmed[id] = line;
     box.value = "";
     clearNotice();
     updateCounter();
@@ -595,11 +644,40 @@
     logEl.appendChild(line);
     if (nearBottom || who === "you") logEl.scrollTop = logEl.scrollHeight;
     saveBtn.disabled = false;
+    return line;
+  }
+
+  // The server's answer to a message of the person's: delivered (no
+  // reason), or refused for a reason.  A saved log keeps the mark, so that
+  // it never shows as said what the stranger never read.
+  function confirmLine(line, reason, verdict) {
+    line.classList.remove("pending");
+    if (reason === null) {
+      setLineState(line, "");
+      return;
+    }
+    line.classList.add("failed");
+    setLineState(line, (verdict || "not delivered") + ": " + reason);
+  }
+
+  function setLineState(line, text) {
+    var state = line.querySelector(".state");
+    if (!text) {
+      if (state) state.remove();
+      return;
+    }
+    if (!state) {
+      state = document.createElement("span");
+      state.className = "state";
+      line.appendChild(state);
+    }
+    state.textContent = " (" + text + ")";
   }
 
   function clearLog() {
     logEl.textContent = "";
     saveBtn.disabled = true;
+    unconfirmed = {}; // their lines are gone; answers still on the way are ignored
   }
 
   function showTyping() {
@@ -645,6 +723,26 @@
   }
 
   // -- helpers ---------------------------------------------------------------
+
+  // Take the server's limits (the first "online" event's "limits"), keeping
+  // the defaults for any that is missing or not a positive number.
+  function applyLimits(given) {
+    function pick(name) {
+      var value = given[name];
+      return typeof value === "number" && isFinite(value) && value > 0
+        ? value
+        : DEFAULT_LIMITS[name];
+    }
+    maxLength = Math.floor(pick("message_length"));
+    messageBudget = underBudget(pick("message_rate"), pick("message_burst"));
+    queueBudget = underBudget(pick("command_rate"), pick("command_burst"));
+    updateCounter();
+  }
+
+  // A bucket a little under the server's: BUDGET_SHARE of its rate and burst.
+  function underBudget(rate, burst) {
+    return bucket(rate * BUDGET_SHARE, Math.max(1, Math.floor(burst * BUDGET_SHARE)));
+  }
 
   // A token bucket: refill tokens a second, at most burst of them saved up.
   function bucket(refill, burst) {
