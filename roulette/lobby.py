@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from roulette import wire
 from roulette.abuse import (
     AddressHasher,
     AddressKeys,
@@ -39,6 +40,13 @@ ONLINE_INTERVAL = 1.0
 #: How often the abuse controls forget what has expired (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
 
+#: What the ``notice`` events say when matching stops and starts again.
+MATCHING_PAUSED = (
+    "Finding strangers is paused for a moment; your chat goes on. You will be matched "
+    "again as soon as it is back."
+)
+MATCHING_RESUMED = "Finding strangers works again."
+
 log = Logger()
 
 
@@ -55,6 +63,9 @@ class Client(Peer, Protocol):
     def send_online(self, count: int, now: float) -> bool:
         """Tell it ``count`` people are online, unless it was told less than
         ``ONLINE_INTERVAL`` ago; whether it now knows ``count``."""
+
+    def send_notice(self, code: str, message: str) -> None:
+        """Tell the person something about the service."""
 
     def ban(self, until: float) -> None:
         """Its address is banned until ``until``: tell it, and close."""
@@ -123,6 +134,8 @@ class Lobby(Service):
         #: Whether clients may come in: a node of a shared pool is not ready
         #: until it has joined the pool (see ``tap.makeService``).
         self.ready = True
+        #: Whether matching is paused: a node cut off from its pool.
+        self.matching_paused = False
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -182,6 +195,8 @@ class Lobby(Service):
         # The count it is told includes itself; it must arrive before "waiting".
         client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
         self._online_sent = -1  # the newcomer may have heard another count
+        if self.matching_paused:
+            client.send_notice(wire.MATCHING_PAUSED, MATCHING_PAUSED)
         self.matchmaker.connect(client, identity)
         self._reschedule()
 
@@ -237,6 +252,18 @@ class Lobby(Service):
         )
         for client in banned:
             client.ban(until)
+
+    def matching(self, available: bool) -> None:
+        """Matching stopped (the pool's Redis cannot be reached) or started
+        again: every client is told.  Chats go on meanwhile."""
+        self.matching_paused = not available
+        code, message = (
+            (wire.MATCHING_RESUMED, MATCHING_RESUMED)
+            if available
+            else (wire.MATCHING_PAUSED, MATCHING_PAUSED)
+        )
+        for client in self._clients:
+            client.send_notice(code, message)
 
     def banned_until(self, *scopes: str) -> float | None:
         """When the latest ban covering any of the hashed ``scopes`` ends."""

@@ -157,6 +157,10 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyp
     def messageReceived(self, pattern: object, channel: str, message: str) -> None:
         self.factory.matchmaker._notice(message)
 
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.factory.matchmaker._unsubscribed()
+
 
 class RedisMatchmaker(Service):
     """The :class:`~roulette.core.Matchmaker` of one node of a shared pool.
@@ -194,6 +198,9 @@ class RedisMatchmaker(Service):
         self._ids: dict[Peer, str] = {}
         self._peers: dict[str, Peer] = {}
         self._gen: dict[str, int] = {}
+        self._identity: dict[str, str] = {}
+        #: What each client was last told: "w" waiting, "p" paired, "i" idle.
+        self._status: dict[str, str] = {}
         self._partner: dict[str, str] = {}
         self._said: set[str] = set()
         self._seq = itertools.count(1)
@@ -209,6 +216,12 @@ class RedisMatchmaker(Service):
         self._subscriber_factory: Any = None
         self._ready: Deferred[None] = Deferred()
         self._listening = False
+        self._joined_once = False
+        #: Called with ``False`` when the node is cut off from Redis (no
+        #: pairing can happen), and with ``True`` once it is back in the pool.
+        self.on_matching: Callable[[bool], object] | None = None
+        #: Whether the node is cut off from the pool.
+        self.paused = False
         #: The key with which every node of the pool hashes client addresses
         #: (from Redis: the first node's), once known.
         self.secret: bytes | None = None
@@ -258,11 +271,48 @@ class RedisMatchmaker(Service):
 
     def _subscribed(self) -> None:
         self._listening = True
+        if self._joined_once:
+            self._resync()
         self._joined()
 
     def _joined(self) -> None:
         if self.secret is not None and self._listening and not self._ready.called:
+            self._joined_once = True
             self._ready.callback(None)
+
+    def _unsubscribed(self) -> None:
+        """The node's line to Redis is down: notices are lost until it is
+        back, and nobody can be paired."""
+        self._listening = False
+        if not self.running or not self._joined_once or self.paused:
+            return
+        log.warn("cut off from the pool's Redis: matching is paused")
+        self.paused = True
+        if self.on_matching is not None:
+            self.on_matching(False)
+
+    def _resync(self) -> None:
+        """Back in touch with Redis: set right what was missed meanwhile
+        (see ``pool_scripts.SYNC``), then matching resumes."""
+        values: list[str] = []
+        for client in self._peers:
+            values += [
+                client,
+                self._identity[client],
+                str(self._gen[client]),
+                self._status[client],
+                self._partner.get(client, ""),
+            ]
+        self._call(scripts.SYNC, self.node, *values)
+
+    def _resumed(self) -> None:
+        """The notices of a resync have all been heard: matching resumes."""
+        if not self.paused:
+            return
+        log.info("back in the pool: matching resumes")
+        self.paused = False
+        if self.on_matching is not None:
+            self.on_matching(True)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -289,20 +339,22 @@ class RedisMatchmaker(Service):
         self._ids[peer] = client
         self._peers[client] = peer
         self._gen[client] = 0
-        self._call(scripts.CONNECT, client, str(identity) if identity is not None else client)
+        self._status[client] = "w"
+        self._identity[client] = str(identity) if identity is not None else client
+        self._call(scripts.CONNECT, client, self._identity[client])
 
     def next(self, peer: Peer) -> None:
-        client = self._leave_locally(peer)
+        client = self._leave_locally(peer, "w")
         self._call(scripts.LEAVE, client, str(self._gen[client]), "next", *self._leave_args())
 
     def stop(self, peer: Peer) -> None:
-        client = self._leave_locally(peer)
+        client = self._leave_locally(peer, "i")
         self._call(scripts.LEAVE, client, str(self._gen[client]), "stop", *self._leave_args())
 
     def report(
         self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
     ) -> None:
-        client = self._leave_locally(peer)
+        client = self._leave_locally(peer, "w")
         now = self._clock.seconds()
         d = self._call(
             scripts.LEAVE, client, str(self._gen[client]), "report", *self._leave_args(), now=now
@@ -326,6 +378,8 @@ class RedisMatchmaker(Service):
             return
         del self._peers[client]
         del self._gen[client]
+        del self._status[client]
+        del self._identity[client]
         self._partner.pop(client, None)
         self._said.discard(client)
         self._call(scripts.DISCONNECT, client)
@@ -395,10 +449,11 @@ class RedisMatchmaker(Service):
     def _leave_args(self) -> tuple[str, str]:
         return (repr(float(self._cooldown)), str(self._max_never))
 
-    def _leave_locally(self, peer: Peer) -> str:
+    def _leave_locally(self, peer: Peer, status: str) -> str:
         """The client's chat is over from now on, whatever Redis says next."""
         client = self._ids[peer]
         self._gen[client] += 1
+        self._status[client] = status
         self._partner.pop(client, None)
         self._said.discard(client)
         return client
@@ -477,6 +532,9 @@ class RedisMatchmaker(Service):
             if heard is not None:
                 heard.callback(None)
             return
+        if kind == "R":
+            self._resumed()
+            return
         fields = rest.split(" ")
         client = fields[0]
         peer = self._peers.get(client)
@@ -484,12 +542,36 @@ class RedisMatchmaker(Service):
             return  # gone, or about a chat the client has already left
         if kind == "W":
             self._partner.pop(client, None)
+            self._status[client] = "w"
             peer.send_waiting()
         elif kind == "P":
-            self._partner[client] = fields[2]
-            self._said.discard(client)
-            peer.send_paired()
+            self._paired(client, peer, fields[2])
         elif kind == "L":
             if self._partner.pop(client, None) is not None:
-                self._said.discard(client)
-                peer.send_partner_left()
+                self._left(client, peer)
+        elif kind == "S":
+            self._sync(client, peer, fields[2], fields[3] == "1")
+
+    def _paired(self, client: str, peer: Peer, partner: str) -> None:
+        self._partner[client] = partner
+        self._status[client] = "p"
+        self._said.discard(client)
+        peer.send_paired()
+
+    def _left(self, client: str, peer: Peer) -> None:
+        self._status[client] = "i"
+        self._said.discard(client)
+        peer.send_partner_left()
+
+    def _sync(self, client: str, peer: Peer, partner: str, waiting: bool) -> None:
+        """A client's whole state, after the node was cut off: tell it what
+        it missed, as the notice it missed would have."""
+        if partner != "-":
+            if self._partner.get(client) != partner:
+                self._paired(client, peer, partner)
+            return
+        if self._partner.pop(client, None) is not None:
+            self._left(client, peer)  # its chat ended meanwhile
+        elif waiting and self._status[client] != "w":
+            self._status[client] = "w"
+            peer.send_waiting()

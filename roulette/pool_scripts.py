@@ -37,7 +37,9 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
 
 A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
-gen other`` (paired with ``other``), ``L c gen`` (partner left).  ``gen``
+gen other`` (paired with ``other``), ``L c gen`` (partner left), and, after
+the node has been cut off from Redis, ``S c gen partner waiting`` (the
+client's whole state, see ``SYNC``) and then ``R`` (the node is back).  ``gen``
 is the client's generation as the script saw it: a node drops a notice
 older than the last command its client sent, which the client has already
 overtaken.  Events from one partner to the other go node to node on the
@@ -79,6 +81,7 @@ end
 -- Pair an idle client with a random eligible waiting one, or queue it.
 local function place(c)
   local mine = get(c, 'id')
+  if not mine then return end  -- not in the pool (any more): nothing to place
   local eligible, blocked = {}, {}
   for _, w in ipairs(redis.call('ZRANGE', P .. 'waiting', 0, -1)) do
     if w ~= c then
@@ -299,6 +302,63 @@ redis.call('PEXPIRE', P .. 'nc:' .. node, TTL)
 keep(false)
 return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostring(chatting),
         tostring(redis.call('ZCARD', P .. 'nodes')), deadline()}
+"""
+)
+
+#: ARGV[5]: node; then, for each of its clients, five values: the client,
+#: its identity, its generation, what the node last told it ("w" waiting,
+#: "p" paired, "i" idle) and its partner then ("" for none).
+#:
+#: After the node was cut off from Redis, what it missed is told again: the
+#: clients Redis lost (it restarted empty, or the node's lease ran out and
+#: another node reaped them) are put back; a chat between two of this
+#: node's clients is kept, one with a client of another node is over (that
+#: node ends it on its side the same way); a client that was waiting waits
+#: again.  Clients Redis holds for this node that the node no longer has
+#: are taken out.  Then each client's whole state is published, after any
+#: notice this script caused, so that the node sets right what it missed.
+SYNC = (
+    _COMMON
+    + """
+local node = ARGV[5]
+local order, mine = {}, {}
+local i = 6
+while ARGV[i] do
+  local c = ARGV[i]
+  order[#order + 1] = c
+  mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4]}
+  i = i + 5
+end
+for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
+  local c = string.match(f, '^(.*)|id$')
+  if c and not mine[c] then forget(c) end
+end
+for _, c in ipairs(order) do
+  local v = mine[c]
+  if not get(c, 'id') then
+    put(c, 'id', v.id)
+    put(c, 'gen', v.gen)
+    local p = v.partner
+    if v.status == 'p' and mine[p] and mine[p].partner == c then
+      put(c, 'partner', p)
+      put(c, 'at', ARGV[2])
+    end
+  end
+end
+advance()
+for _, c in ipairs(order) do
+  if mine[c].status == 'w' and not is_waiting(c) and not get(c, 'partner') then
+    place(c)
+  end
+end
+for _, c in ipairs(order) do
+  tell(c, 'S ' .. c .. ' ' .. gen(c) .. ' ' .. (get(c, 'partner') or '-') .. ' '
+    .. (is_waiting(c) and '1' or '0'))
+end
+-- After all of them: the node is back in the pool.
+redis.call('PUBLISH', P .. 'n:' .. node, 'R')
+keep(order[1] or false)
+return deadline()
 """
 )
 

@@ -425,6 +425,9 @@ class RouletteProtocol(WebSocketServerProtocol):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
 
+    def send_notice(self, code: str, message: str) -> None:
+        self.send_event(wire.encode_notice(code, message))
+
     def send_event(self, event: bytes) -> None:
         """Send one encoded event as a text frame (the Peer's call, used for
         every event).  Not ``_send``: Autobahn has one of its own."""

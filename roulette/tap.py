@@ -522,6 +522,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
             log.info("joined the pool as node {node}", node=matchmaker.node)
 
         matchmaker.ready().addCallback(joined)
+        matchmaker.on_matching = lobby.matching
     lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,

@@ -190,6 +190,17 @@ def encode_banned(until: float) -> bytes:
     return b'{"type":"banned","until":%d}' % math.ceil(until)
 
 
+#: ``notice`` codes: matching stopped for a while (this server lost touch with
+#: the pool it shares with other servers), and started again.
+MATCHING_PAUSED = "matching_paused"
+MATCHING_RESUMED = "matching_resumed"
+
+
+def encode_notice(code: str, message: str) -> bytes:
+    """The ``notice`` event: something about the service, for the person."""
+    return _frame({"type": "notice", "code": code, "message": message})
+
+
 def encode_error(code: str, message: str, id: int | None = None) -> bytes:
     """The ``error`` event; ``id`` names the refused message, if it gave one."""
     if id is None:

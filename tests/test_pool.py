@@ -292,6 +292,38 @@ async def test_the_clients_of_a_dead_node_leave_the_pool_within_its_lease(pool: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_what_a_node_missed_while_cut_off_is_told_when_it_is_back(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    paused: list[bool] = []
+    n1.on_matching = paused.append
+    a, b = peers("a", "b")
+    n1.connect(a)
+    await pool.settle()
+    assert a.take() == [("waiting",)]
+    # n1 loses its subscription; while it is away b arrives and meets a:
+    # the notice for a is published to nobody.
+    [subscription] = n1._subscriber_factory.pool
+    subscription.transport.loseConnection()
+    await task.deferLater(reactor, 0.05, lambda: None)
+    assert paused == [False] and n1.paused
+    n2.connect(b)
+    for _ in range(2):
+        await n2.settle()  # (n1 hears nothing now, not even its own markers)
+    assert b.take() == [("waiting",), ("paired",)]
+    assert a.take() == []
+    # Back (the subscription is made again within a second): a is told.
+    await task.deferLater(reactor, 1.5, lambda: None)
+    await pool.settle()
+    assert a.take() == [("paired",)]
+    assert paused == [False, True] and not n1.paused
+    assert n1.partner_id(a) == n2.client_id(b)
+    n2.relay(b, b"welcome back")
+    await pool.settle()
+    assert a.take() == [("event", b"welcome back")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_notice_about_a_chat_already_left_is_dropped(pool: Pool) -> None:
     n1 = await pool.node(1)
     a = RecordingPeer("a")
@@ -640,6 +672,78 @@ def test_a_process_that_cannot_reach_its_redis_refuses_websockets_until_it_can(
             wait_until(lambda: status_of(server.port) == 101, timeout=5)
         finally:
             later.stop()
+
+
+def test_while_redis_is_away_chats_go_on_and_matching_resumes_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import json
+    import time
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    own = RedisServer(tmp_path)  # this test stops it: a server of its own
+    own.start()
+    options = ("--redis", own.url, "--repair-cooldown", "0")
+    try:
+        with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
+
+            async def connect(server: RunningServer) -> Any:
+                ws = await websockets.connect(server.ws_url)
+                assert json.loads(await ws.recv())["type"] == "online"
+                assert await recv(ws) == {"type": "waiting"}
+                return ws
+
+            async def scenario() -> None:
+                # a and b chat on one process; c and d across the two.
+                a = await connect(one)
+                b = await connect(one)
+                assert await recv(b) == {"type": "paired"}
+                assert await recv(a) == {"type": "paired"}
+                c = await connect(two)
+                d = await connect(one)
+                assert await recv(d) == {"type": "paired"}
+                assert await recv(c) == {"type": "paired"}
+
+                own.stop()  # Redis goes away, and comes back empty
+                for ws in (a, b, c, d):
+                    notice = await recv(ws)
+                    assert (notice["type"], notice["code"]) == ("notice", "matching_paused")
+                await send(a, {"type": "message", "text": "still here?", "id": 7})
+                assert await recv(a) == {"type": "sent", "id": 7}
+                assert await recv(b) == {"type": "message", "text": "still here?"}
+
+                own.start()
+                started = time.monotonic()
+                for ws in (a, b, c, d):
+                    events = [await recv(ws, timeout=10)]
+                    if events[0]["type"] == "partner_left":
+                        events.append(await recv(ws, timeout=10))
+                    assert events[-1]["code"] == "matching_resumed", events
+                    if ws in (c, d):  # the chat across processes is over
+                        assert events[0] == {"type": "partner_left"}, events
+                    else:  # the chat within one process goes on
+                        assert len(events) == 1, events
+                assert time.monotonic() - started < 5.0
+                await send(b, {"type": "message", "text": "yes"})
+                assert await recv(a) == {"type": "message", "text": "yes"}
+                # Pairing works again, across processes too.
+                await send(c, {"type": "next"})
+                assert await recv(c) == {"type": "waiting"}
+                await send(d, {"type": "next"})
+                assert await recv(d) == {"type": "waiting"}
+                assert await recv(d) == {"type": "paired"}
+                assert await recv(c) == {"type": "paired"}
+                await send(c, {"type": "message", "text": "hello again"})
+                assert await recv(d) == {"type": "message", "text": "hello again"}
+                await asyncio.gather(*(ws.close() for ws in (a, b, c, d)))
+
+            run_async(scenario())
+    finally:
+        own.stop()
 
 
 def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:

@@ -313,6 +313,10 @@
       case "banned":
         onBanned(event.until);
         return;
+      case "notice":
+        // About the service (matching paused, or working again): said as is.
+        if (typeof event.message === "string" && event.message) showNotice(event.message);
+        return;
       case "waiting":
         // The first "waiting" after a report is the report's own.
         reportUnanswered = false;
