@@ -535,6 +535,22 @@ class RedisMatchmaker(Service):
         if kind == "R":
             self._resumed()
             return
+        if kind == "Q":
+            # Two clients of this node paired with each other: both know
+            # their partner before either is told, so that what one says at
+            # once is not taken for a word to a stranger it has not met.
+            first, first_gen, second, second_gen = rest.split(" ")
+            told = []
+            for client, gen, partner in ((first, first_gen, second), (second, second_gen, first)):
+                peer = self._peers.get(client)
+                if peer is not None and int(gen) >= self._gen[client]:
+                    self._partner[client] = partner
+                    self._status[client] = "p"
+                    self._said.discard(client)
+                    told.append(peer)
+            for peer in told:
+                peer.send_paired()
+            return
         fields = rest.split(" ")
         client = fields[0]
         peer = self._peers.get(client)

@@ -37,7 +37,8 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
 
 A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
-gen other`` (paired with ``other``), ``L c gen`` (partner left), and, after
+gen other`` (paired with ``other``), ``Q a gen b gen`` (``a`` and ``b``,
+both of this node, paired with each other), ``L c gen`` (partner left), and, after
 the node has been cut off from Redis, ``S c gen partner waiting`` (the
 client's whole state, see ``SYNC``) and then ``R`` (the node is back).  ``gen``
 is the client's generation as the script saw it: a node drops a notice
@@ -104,8 +105,14 @@ local function place(c)
     put(c, 'partner', w)
     put(w, 'at', ARGV[2])
     put(c, 'at', ARGV[2])
-    tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c)
-    tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w)
+    if node_of(w) == node_of(c) then
+      -- Both on one node: one notice, so that neither can speak to the
+      -- other before the node knows they are paired.
+      tell(c, 'Q ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' ' .. gen(c))
+    else
+      tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c)
+      tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w)
+    end
     return
   end
   -- Nobody eligible: wake up when a cooldown with a waiting client ends.

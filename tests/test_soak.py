@@ -18,10 +18,12 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from redis_server import RedisServer
 from support import RunningServer, run_async, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -279,44 +281,73 @@ def test_soak() -> None:
         "--ban-minutes",
         "10",
     ) as server:
+        tally = soak([server])
+    assert tally.banned > 0
+
+
+def test_soak_across_two_processes_sharing_redis(tmp_path: Path) -> None:
+    """The same churn, its clients spread over two processes of one pool:
+    chats within a process and across the two alike."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    options = ("--trust-proxy", "1", "--repair-cooldown", "5", "--redis", redis.url)
+    try:
+        with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
+            soak([one, two])
+    finally:
+        redis.stop()
+
+
+def soak(servers: list[RunningServer]) -> Tally:
+    """Churn against ``servers`` (client n connects to server n mod their
+    number); check that nothing was lost, misdelivered or stalled, and that
+    memory comes back.  Returns the tally."""
+    pids = []
+    for server in servers:
         assert server.process is not None
-        pid = server.process.pid
+        pids.append(server.process.pid)
         run_async(warm_up(server.ws_url))
-        wait_until(lambda: server.health()["online"] == 0)
-        rss_before = rss_kib(pid)
-        tally = Tally()
-        started = time.monotonic()
-        end = started + SOAK_SECONDS
+    for server in servers:
+        wait_until(lambda server=server: server.health()["online"] == 0, timeout=30)
+    rss_before = [rss_kib(pid) for pid in pids]
+    tally = Tally()
+    started = time.monotonic()
+    end = started + SOAK_SECONDS
+    urls = [server.ws_url for server in servers]
 
-        async def churn() -> None:
-            url = server.ws_url
-            tasks = [well_behaved(n, url, end, tally) for n in range(WELL_BEHAVED)]
-            tasks += [flooder(n, url, end, tally) for n in range(FLOODERS)]
-            tasks += [dropper(n, url, end, tally) for n in range(DROPPERS)]
-            tasks += [rude(n, url, end, tally) for n in range(RUDE)]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            assert not errors, errors[:3]
+    async def churn() -> None:
+        def url(n: int) -> str:
+            return urls[n % len(urls)]
 
-        peak_online = 0
+        tasks = [well_behaved(n, url(n), end, tally) for n in range(WELL_BEHAVED)]
+        tasks += [flooder(n, url(n), end, tally) for n in range(FLOODERS)]
+        tasks += [dropper(n, url(n), end, tally) for n in range(DROPPERS)]
+        tasks += [rude(n, url(n), end, tally) for n in range(RUDE)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors[:3]
 
-        async def watch() -> None:
-            nonlocal peak_online
-            while time.monotonic() < end:
-                peak_online = max(peak_online, server.health()["online"])
-                await asyncio.sleep(2)
+    peak_online = 0
 
-        async def main() -> None:
-            await asyncio.gather(churn(), watch())
+    async def watch() -> None:
+        nonlocal peak_online
+        while time.monotonic() < end:
+            peak_online = max(peak_online, servers[0].health()["online"])
+            await asyncio.sleep(2)
 
-        run_async(main())
-        elapsed = time.monotonic() - started
-        wait_until(lambda: server.health()["online"] == 0, timeout=30)
-        time.sleep(1)
-        rss_after = rss_kib(pid)
-        log = server.log()
+    async def main() -> None:
+        await asyncio.gather(churn(), watch())
+
+    run_async(main())
+    elapsed = time.monotonic() - started
+    for server in servers:
+        wait_until(lambda server=server: server.health()["online"] == 0, timeout=30)
+    time.sleep(1)
+    rss_after = [rss_kib(pid) for pid in pids]
+    logs = [server.log() for server in servers]
 
     figures = {
+        "processes": len(servers),
         "seconds": round(elapsed, 1),
         "clients": WELL_BEHAVED + FLOODERS + DROPPERS + RUDE,
         "peak_online": peak_online,
@@ -337,7 +368,9 @@ def test_soak() -> None:
     assert not tally.broken, tally.broken[:5]
     assert tally.chats > WELL_BEHAVED, "too few chats to mean anything"
     assert tally.flooder_closes > 0
-    assert tally.banned > 0
-    assert "Traceback" not in log
+    for log in logs:
+        assert "Traceback" not in log
     # Memory comes back to about where it started once everyone has left.
-    assert rss_after < rss_before * 1.25 + 8 * 1024, (rss_before, rss_after)
+    for before, after in zip(rss_before, rss_after, strict=True):
+        assert after < before * 1.25 + 8 * 1024, (before, after)
+    return tally
