@@ -410,6 +410,12 @@ class Reports:
                 latest = until
         return latest
 
+    def note_ban(self, scope: str, until: float) -> None:
+        """A ban decided elsewhere (by another process of a shared pool):
+        :meth:`banned_until` reports it from now on."""
+        if until > self._banned.get(scope, float("-inf")):
+            self._banned[scope] = until
+
     def prune(self) -> None:
         """Forget reports, bans, reporters' budgets and histories that have run out."""
         now = self._clock()

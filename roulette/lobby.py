@@ -50,6 +50,21 @@ MATCHING_RESUMED = "Finding strangers works again."
 log = Logger()
 
 
+class SharedReports(Protocol):
+    """Reports counted by a pool of processes together."""
+
+    def report_chat(
+        self,
+        reporter: AddressKeys,
+        reported: AddressKeys,
+        seconds: float,
+        sent: bool,
+        rules: Reports,
+    ) -> object:
+        """Count a report; a ban it brings about comes back to every
+        process of the pool (see :meth:`Lobby.heard_ban`)."""
+
+
 class Client(Peer, Protocol):
     """A connection, as the lobby sees it."""
 
@@ -136,6 +151,9 @@ class Lobby(Service):
         self.ready = True
         #: Whether matching is paused: a node cut off from its pool.
         self.matching_paused = False
+        #: Where reports are counted when they are shared by a pool of
+        #: processes (the pool's matchmaker); otherwise in ``gate.reports``.
+        self.shared_reports: SharedReports | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -227,19 +245,30 @@ class Lobby(Service):
             log.info("client {address} reported its partner", address=client.address)
             reports = self.gate.reports
             partner = chat.partner
-            # The partner is one of our clients unless it is on another
-            # process, which holds its own reports.
-            if reports is not None and partner in self._clients:
-                ban = reports.report(
-                    client.keys,
-                    partner.keys,
-                    seconds=chat.seconds,
-                    sent=chat.partner_sent,
+            # A client of ours, or of another process of a shared pool (which
+            # names its keys, if it knows them).
+            keys = partner.keys if partner in self._clients else getattr(partner, "keys", None)
+            if reports is None or not isinstance(keys, AddressKeys):
+                return
+            if self.shared_reports is not None:
+                # Counted by the pool; a ban comes back to every process
+                # (this one too) through heard_ban.
+                self.shared_reports.report_chat(
+                    client.keys, keys, chat.seconds, chat.partner_sent, reports
                 )
-                if ban is not None:
-                    self.ban(ban.scope, ban.until)
+                return
+            ban = reports.report(client.keys, keys, seconds=chat.seconds, sent=chat.partner_sent)
+            if ban is not None:
+                self.ban(ban.scope, ban.until)
 
         self.matchmaker.report(client, reported)
+
+    def heard_ban(self, scope: str, until: float) -> None:
+        """A ban of the shared pool (made here or by another process): new
+        connections from its scope are refused, those open are closed."""
+        if self.gate.reports is not None:
+            self.gate.reports.note_ban(scope, until)
+        self.ban(scope, until)
 
     def ban(self, scope: str, until: float) -> None:
         """Close every connection from a banned address or network (``scope``

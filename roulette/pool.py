@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from roulette import pool_scripts as scripts
+from roulette.abuse import AddressKeys, Ban, Reports
 from roulette.core import MAX_NEVER_PAIRS, Peer, ReportedChat, Stats
 
 log = Logger()
@@ -120,12 +121,24 @@ def _retry_soon(factory: Any) -> None:
     factory.maxDelay = RETRY_MOST
 
 
+def _keys_text(keys: AddressKeys) -> str:
+    return " ".join((keys.address, keys.network, *keys.scopes))
+
+
+def _keys_from_text(text: str) -> AddressKeys | None:
+    parts = text.split()
+    if len(parts) < 3:
+        return None
+    return AddressKeys(parts[0], parts[1], tuple(parts[2:]))
+
+
 class _Elsewhere:
     """A client of another node, as a report names it: this node can tell
-    it nothing (its own node does)."""
+    it nothing (its own node does); its address keys, for the ban rules."""
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, keys: AddressKeys | None = None) -> None:
         self.client = client
+        self.keys = keys
 
     def __repr__(self) -> str:
         return f"<client {self.client} of another node>"
@@ -149,13 +162,18 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyp
     def connectionMade(self) -> Deferred[None]:
         d: Deferred[None] = super().connectionMade()
         matchmaker: RedisMatchmaker = self.factory.matchmaker
-        d.addCallback(lambda _: self.subscribe(matchmaker.channel))
+        d.addCallback(lambda _: self.subscribe([matchmaker.channel, matchmaker.bans_channel]))
         d.addCallback(lambda _: matchmaker._subscribed())
         d.addErrback(lambda failure: log.failure("subscribing failed", failure))
         return d
 
     def messageReceived(self, pattern: object, channel: str, message: str) -> None:
-        self.factory.matchmaker._notice(message)
+        matchmaker: RedisMatchmaker = self.factory.matchmaker
+        if channel == matchmaker.bans_channel:
+            scope, _, until = message.partition(" ")
+            matchmaker._ban_heard(scope, float(until))
+        else:
+            matchmaker._notice(message)
 
     def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)
@@ -195,10 +213,13 @@ class RedisMatchmaker(Service):
         #: This node's id in the pool.
         self.node = node if node is not None else format(rng.getrandbits(48), "012x")
         self.channel = f"{prefix}n:{self.node}"
+        #: Where bans are announced to every node.
+        self.bans_channel = f"{prefix}bans"
         self._ids: dict[Peer, str] = {}
         self._peers: dict[str, Peer] = {}
         self._gen: dict[str, int] = {}
         self._identity: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
         #: What each client was last told: "w" waiting, "p" paired, "i" idle.
         self._status: dict[str, str] = {}
         self._partner: dict[str, str] = {}
@@ -222,6 +243,9 @@ class RedisMatchmaker(Service):
         self.on_matching: Callable[[bool], object] | None = None
         #: Whether the node is cut off from the pool.
         self.paused = False
+        #: Called with a ban's scope and end, for every ban of the pool (at
+        #: joining, those in force).
+        self.on_ban: Callable[[str, float], object] | None = None
         #: The key with which every node of the pool hashes client addresses
         #: (from Redis: the first node's), once known.
         self.secret: bytes | None = None
@@ -273,7 +297,53 @@ class RedisMatchmaker(Service):
         self._listening = True
         if self._joined_once:
             self._resync()
+        self._load_bans()
         self._joined()
+
+    def _load_bans(self) -> None:
+        """Hear the bans in force (those made while the node was away too)."""
+
+        def heard(flat: list[str] | None) -> None:
+            for scope, until in zip(flat[::2], flat[1::2], strict=True) if flat else ():
+                self._ban_heard(scope, float(until))
+
+        self._call(scripts.BANS, deadline=False).addCallback(heard)
+
+    def _ban_heard(self, scope: str, until: float) -> None:
+        if self.on_ban is not None:
+            self.on_ban(scope, until)
+
+    def report_chat(
+        self,
+        reporter: AddressKeys,
+        reported: AddressKeys,
+        seconds: float,
+        sent: bool,
+        rules: Reports,
+    ) -> Deferred[Ban | None]:
+        """Count a report toward a ban with the pool's reports (``rules``
+        as :class:`~roulette.abuse.Reports` has them).  A ban it brings
+        about reaches every node through :attr:`on_ban`, this one too."""
+        d = self._call(
+            scripts.REPORT,
+            reporter.address,
+            reporter.network,
+            _keys_text(reported),
+            repr(float(seconds)),
+            "1" if sent else "0",
+            str(rules.threshold),
+            repr(float(rules.window)),
+            repr(float(rules.ban_seconds)),
+            repr(float(rules.memory)),
+            repr(float(rules.min_chat_seconds)),
+            str(rules.bans_per_reporter),
+            deadline=False,
+        )
+
+        def ban(result: list[str] | None) -> Ban | None:
+            return Ban(result[0], float(result[1])) if result else None
+
+        return d.addCallback(ban)
 
     def _joined(self) -> None:
         if self.secret is not None and self._listening and not self._ready.called:
@@ -302,6 +372,7 @@ class RedisMatchmaker(Service):
                 str(self._gen[client]),
                 self._status[client],
                 self._partner.get(client, ""),
+                self._keys[client],
             ]
         self._call(scripts.SYNC, self.node, *values)
 
@@ -341,7 +412,9 @@ class RedisMatchmaker(Service):
         self._gen[client] = 0
         self._status[client] = "w"
         self._identity[client] = str(identity) if identity is not None else client
-        self._call(scripts.CONNECT, client, self._identity[client])
+        keys = getattr(peer, "keys", None)  # a connection's, for reports and bans
+        self._keys[client] = _keys_text(keys) if isinstance(keys, AddressKeys) else ""
+        self._call(scripts.CONNECT, client, self._identity[client], self._keys[client])
 
     def next(self, peer: Peer) -> None:
         client = self._leave_locally(peer, "w")
@@ -367,7 +440,8 @@ class RedisMatchmaker(Service):
                 reported(None)  # no partner by then (or Redis failed: nothing was done)
                 return
             partner, identity, began, sent = result[1:5]
-            peer = self._peers.get(partner) or _Elsewhere(partner)
+            keys = _keys_from_text(result[5]) if len(result) > 5 else None
+            peer = self._peers.get(partner) or _Elsewhere(partner, keys)
             reported(ReportedChat(peer, identity, now - float(began), sent == "1"))
 
         d.addCallback(done)
@@ -380,6 +454,7 @@ class RedisMatchmaker(Service):
         del self._gen[client]
         del self._status[client]
         del self._identity[client]
+        del self._keys[client]
         self._partner.pop(client, None)
         self._said.discard(client)
         self._call(scripts.DISCONNECT, client)

@@ -173,7 +173,7 @@ local function forget(c)
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   end
   redis.call('ZREM', P .. 'waiting', c)
-  drop(c, 'id', 'gen', 'partner', 'at', 'sent')
+  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys')
 end
 
 -- Keys live while a node renews them (see RENEW): those a call may have
@@ -193,13 +193,15 @@ local function deadline()
 end
 """
 
-#: ARGV[5]: client, ARGV[6]: its identity.
+#: ARGV[5]: client, ARGV[6]: its identity, ARGV[7]: its hashed address
+#: keys for reports and bans ("address network scope..." or "").
 CONNECT = (
     _COMMON
     + """
 advance()
 local c = ARGV[5]
 put(c, 'id', ARGV[6])
+if ARGV[7] ~= '' then put(c, 'keys', ARGV[7]) end
 put(c, 'gen', '0')
 tell(c, 'W ' .. c .. ' 0')
 place(c)
@@ -212,8 +214,8 @@ return deadline()
 #: "report", ARGV[8]: the cooldown (seconds), ARGV[9]: how many reported
 #: pairs of identities are remembered.  Returns the deadline and, for a
 #: report that ended a chat: the partner, its identity, when the chat began
-#: (as the caller's clock wrote it) and whether the partner said anything
-#: ("1" or "0").
+#: (as the caller's clock wrote it), whether the partner said anything
+#: ("1" or "0") and its address keys ("" if unknown).
 LEAVE = (
     _COMMON
     + """
@@ -225,7 +227,7 @@ if mode == 'report' then
   local p = get(c, 'partner')
   if not p then return {deadline()} end
   local mine, theirs = get(c, 'id'), get(p, 'id')
-  chat = {p, theirs, get(p, 'at'), get(p, 'sent') and '1' or '0'}
+  chat = {p, theirs, get(p, 'at'), get(p, 'sent') and '1' or '0', get(p, 'keys') or ''}
   if mine ~= theirs then
     redis.call('ZADD', P .. 'never', redis.call('INCR', P .. 'seq'), pk(mine, theirs))
     if redis.call('ZCARD', P .. 'never') > tonumber(ARGV[9]) then
@@ -312,9 +314,10 @@ return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostrin
 """
 )
 
-#: ARGV[5]: node; then, for each of its clients, five values: the client,
+#: ARGV[5]: node; then, for each of its clients, six values: the client,
 #: its identity, its generation, what the node last told it ("w" waiting,
-#: "p" paired, "i" idle) and its partner then ("" for none).
+#: "p" paired, "i" idle), its partner then ("" for none) and its address
+#: keys.
 #:
 #: After the node was cut off from Redis, what it missed is told again: the
 #: clients Redis lost (it restarted empty, or the node's lease ran out and
@@ -333,8 +336,9 @@ local i = 6
 while ARGV[i] do
   local c = ARGV[i]
   order[#order + 1] = c
-  mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4]}
-  i = i + 5
+  mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4],
+             keys = ARGV[i + 5]}
+  i = i + 6
 end
 for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
   local c = string.match(f, '^(.*)|id$')
@@ -345,6 +349,7 @@ for _, c in ipairs(order) do
   if not get(c, 'id') then
     put(c, 'id', v.id)
     put(c, 'gen', v.gen)
+    if v.keys ~= '' then put(c, 'keys', v.keys) end
     local p = v.partner
     if v.status == 'p' and mine[p] and mine[p].partner == c then
       put(c, 'partner', p)
@@ -366,6 +371,98 @@ end
 redis.call('PUBLISH', P .. 'n:' .. node, 'R')
 keep(order[1] or false)
 return deadline()
+"""
+)
+
+#: Reports and bans, shared by the pool: ``abuse.Reports``' rules over
+#: Redis.  ARGV[5]: the reporter's address, ARGV[6]: its network, ARGV[7]:
+#: the reported side's keys ("address network scope..."), ARGV[8]: how long
+#: the chat lasted, ARGV[9]: whether the reported side said anything ("1"),
+#: then the rules: ARGV[10] threshold, ARGV[11] window, ARGV[12] ban
+#: seconds, ARGV[13] memory, ARGV[14] shortest chat, ARGV[15] bans a
+#: reporter network may help bring about an hour.  A ban is kept in
+#: ``P.."bans"`` (scope -> its end) and published on ``P.."bans"`` as
+#: ``scope until`` for every node; it is also returned.
+REPORT = (
+    _COMMON
+    + """
+local reporter, network = ARGV[5], ARGV[6]
+local keys = {}
+for k in string.gmatch(ARGV[7], '%S+') do keys[#keys + 1] = k end
+local reported = keys[1]
+local scopes = {}
+for i = 3, #keys do scopes[#scopes + 1] = keys[i] end
+if #scopes == 0 then scopes = {reported} end
+local threshold, window, ban_seconds = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local memory, min_chat, budget = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local HOUR = 3600
+if not reported or reporter == reported then return false end
+for _, scope in ipairs(scopes) do
+  local ends = redis.call('HGET', P .. 'bans', scope)
+  if ends and tonumber(ends) > NOW then return false end
+end
+if tonumber(ARGV[8]) < min_chat and ARGV[9] ~= '1' then return false end
+local function has_budget(who)
+  local k = P .. 'spent:' .. who
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', NOW - HOUR)
+  return redis.call('ZCARD', k) < budget
+end
+if not has_budget(network) then return false end
+local rk = P .. 'reports:' .. reported
+redis.call('HSET', rk, network, ARGV[2])
+local counted = {}
+for _, who in ipairs(redis.call('HKEYS', rk)) do
+  if tonumber(redis.call('HGET', rk, who)) <= NOW - window then
+    redis.call('HDEL', rk, who)
+  elseif has_budget(who) then
+    counted[#counted + 1] = who
+  end
+end
+redis.call('PEXPIRE', rk, math.ceil(window * 1000))
+if #counted < threshold then return false end
+redis.call('DEL', rk)
+for _, who in ipairs(counted) do
+  local k = P .. 'spent:' .. who
+  redis.call('ZADD', k, NOW, ARGV[2] .. ':' .. redis.call('INCR', P .. 'seq'))
+  redis.call('PEXPIRE', k, HOUR * 1000)
+end
+local widest = scopes[#scopes]
+local hk = P .. 'history:' .. widest
+local count, last_end = 0, nil
+local h = redis.call('GET', hk)
+if h then
+  count, last_end = string.match(h, '^(%d+) (%S+)$')
+  count, last_end = tonumber(count), tonumber(last_end)
+  if NOW - last_end > memory then count = 0 end
+end
+local scope = scopes[math.min(count + 1, #scopes)]
+local ends = NOW + ban_seconds * (2 ^ count)
+local text = string.format('%.17g', ends)
+redis.call('HSET', P .. 'bans', scope, text)
+-- The table of bans goes when its last ban ends.
+local left = math.ceil((ends - NOW) * 1000)
+if redis.call('PTTL', P .. 'bans') < left then redis.call('PEXPIRE', P .. 'bans', left) end
+redis.call('SET', hk, (count + 1) .. ' ' .. text, 'PX', math.ceil((ends - NOW + memory) * 1000))
+redis.call('PUBLISH', P .. 'bans', scope .. ' ' .. text)
+return {scope, text}
+"""
+)
+
+#: The bans in force: their scopes and ends, flat.  Ended ones are dropped.
+BANS = (
+    _COMMON
+    + """
+local flat = redis.call('HGETALL', P .. 'bans')
+local out = {}
+for i = 1, #flat, 2 do
+  if tonumber(flat[i + 1]) > NOW then
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+  else
+    redis.call('HDEL', P .. 'bans', flat[i])
+  end
+end
+return out
 """
 )
 

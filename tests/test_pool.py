@@ -16,6 +16,7 @@ from fakes import RecordingPeer
 from redis_server import RedisServer
 from twisted.internet import defer, reactor, task, threads
 
+from roulette.abuse import AddressKeys, Ban, Reports
 from roulette.core import ReportedChat, Stats
 from roulette.pool import RedisMatchmaker, parse_redis_url
 
@@ -45,7 +46,9 @@ class Pool:
         self.clock.advance(1000)
         self.nodes: list[RedisMatchmaker] = []
 
-    async def node(self, seed: int = 0) -> RedisMatchmaker:
+    async def node(
+        self, seed: int = 0, before_start: Callable[[RedisMatchmaker], object] | None = None
+    ) -> RedisMatchmaker:
         mm = RedisMatchmaker(
             parse_redis_url(self.url),
             random.Random(seed),
@@ -55,6 +58,8 @@ class Pool:
             lease=self.lease,
             clock=self.clock,
         )
+        if before_start is not None:
+            before_start(mm)
         mm.startService()
         await mm.ready()
         self.nodes.append(mm)
@@ -242,6 +247,41 @@ async def test_a_report_ends_the_chat_for_good_and_describes_it(pool: Pool) -> N
     n1.report(a, outcomes.append)
     await pool.settle()
     assert outcomes[-1] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_reports_counted_on_two_nodes_ban_on_every_node(pool: Pool) -> None:
+    heard: dict[str, list[tuple[str, float]]] = {"n1": [], "n2": [], "n3": []}
+
+    def hearing(name: str) -> Callable[[RedisMatchmaker], None]:
+        def hook(mm: RedisMatchmaker) -> None:
+            mm.on_ban = lambda scope, until: heard[name].append((scope, until))
+
+        return hook
+
+    n1 = await pool.node(1, hearing("n1"))
+    n2 = await pool.node(2, hearing("n2"))
+    rules = Reports(pool.clock.seconds, threshold=3, min_chat_seconds=5.0)
+    spammer = AddressKeys("x", "x-net", ("x",))
+
+    def reporter(n: int) -> AddressKeys:
+        return AddressKeys(f"r{n}", f"net{n}", (f"r{n}",))
+
+    # Too short a chat in which the reported side said nothing: not counted.
+    assert await n1.report_chat(reporter(0), spammer, 1.0, False, rules) is None
+    assert await n1.report_chat(reporter(1), spammer, 1.0, True, rules) is None
+    assert await n2.report_chat(reporter(2), spammer, 30.0, False, rules) is None
+    # Two reports from one network count once.
+    assert await n2.report_chat(reporter(2), spammer, 30.0, False, rules) is None
+    ban = await n1.report_chat(reporter(3), spammer, 30.0, False, rules)
+    assert ban == Ban("x", pool.clock.seconds() + 600)
+    await pool.settle()
+    assert heard["n1"] == heard["n2"] == [("x", ban.until)]
+    # A node that joins later hears the bans in force.
+    await pool.node(3, hearing("n3"))
+    assert heard["n3"] == [("x", ban.until)]
+    # Banned already: further reports count for nothing.
+    assert await n2.report_chat(reporter(4), spammer, 30.0, False, rules) is None
 
 
 @pytest_twisted.ensureDeferred

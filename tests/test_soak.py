@@ -287,13 +287,15 @@ def test_soak() -> None:
 
 def test_soak_across_two_processes_sharing_redis(tmp_path: Path) -> None:
     """The same churn, its clients spread over two processes of one pool:
-    chats within a process and across the two alike."""
+    chats within a process and across the two alike, bans shared."""
     redis = RedisServer(tmp_path)
     redis.start()
     options = ("--trust-proxy", "1", "--repair-cooldown", "5", "--redis", redis.url)
     try:
         with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
-            soak([one, two])
+            tally = soak([one, two])
+        # Reports made on either process count together toward one ban.
+        assert tally.banned > 0
     finally:
         redis.stop()
 
