@@ -65,6 +65,16 @@ class SharedReports(Protocol):
         process of the pool (see :meth:`Lobby.heard_ban`)."""
 
 
+class SharedAddresses(Protocol):
+    """Per-address connection counts kept by a pool of processes together."""
+
+    def admit_address(self, key: str, most: int) -> Deferred[bool]:
+        """Take a connection for ``key`` unless it holds ``most`` already."""
+
+    def release_address(self, key: str) -> None:
+        """Give back a connection taken for ``key``."""
+
+
 class Client(Peer, Protocol):
     """A connection, as the lobby sees it."""
 
@@ -154,6 +164,9 @@ class Lobby(Service):
         #: Where reports are counted when they are shared by a pool of
         #: processes (the pool's matchmaker); otherwise in ``gate.reports``.
         self.shared_reports: SharedReports | None = None
+        #: Where per-address connection caps are counted over a pool of
+        #: processes (the pool's matchmaker); otherwise each process alone.
+        self.shared_addresses: SharedAddresses | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted

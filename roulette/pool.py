@@ -220,6 +220,8 @@ class RedisMatchmaker(Service):
         self._gen: dict[str, int] = {}
         self._identity: dict[str, str] = {}
         self._keys: dict[str, str] = {}
+        #: Connections per address key this node holds in the pool's count.
+        self._held: dict[str, int] = {}
         #: What each client was last told: "w" waiting, "p" paired, "i" idle.
         self._status: dict[str, str] = {}
         self._partner: dict[str, str] = {}
@@ -313,6 +315,40 @@ class RedisMatchmaker(Service):
         if self.on_ban is not None:
             self.on_ban(scope, until)
 
+    def admit_address(self, key: str, most: int) -> Deferred[bool]:
+        """Take one of the ``most`` WebSocket connections the address
+        ``key`` may hold in the whole pool; ``False`` when it holds them all.
+        While the node is cut off from the pool, its own count must do."""
+        if self.paused or not self._listening:
+            return defer.succeed(True)
+        self._held[key] = self._held.get(key, 0) + 1
+        d = self._call(scripts.ADMIT, self.node, key, str(most), deadline=False)
+
+        def taken(result: Any) -> bool:
+            if result is None:  # Redis failed: the node's own count decides
+                return True
+            if int(result) == 0:
+                self._give_back_locally(key)
+                return False
+            return True
+
+        return d.addCallback(taken)
+
+    def release_address(self, key: str) -> None:
+        """Give back a connection :meth:`admit_address` took."""
+        if self._give_back_locally(key):
+            self._call(scripts.RELEASE, self.node, key, deadline=False)
+
+    def _give_back_locally(self, key: str) -> bool:
+        held = self._held.get(key, 0)
+        if held <= 0:
+            return False
+        if held == 1:
+            del self._held[key]
+        else:
+            self._held[key] = held - 1
+        return True
+
     def report_chat(
         self,
         reporter: AddressKeys,
@@ -375,6 +411,10 @@ class RedisMatchmaker(Service):
                 self._keys[client],
             ]
         self._call(scripts.SYNC, self.node, *values)
+        counts: list[str] = []
+        for key, held in self._held.items():
+            counts += [key, str(held)]
+        self._call(scripts.RECOUNT, self.node, *counts, deadline=False)
 
     def _resumed(self) -> None:
         """The notices of a resync have all been heard: matching resumes."""

@@ -34,6 +34,9 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
 ``P.."secret"``
     the key with which every node of the pool hashes client addresses, so
     that one address has one identity in the whole pool.
+``P.."addr"``, ``P.."addr:"..node``
+    hashes: address key -> WebSocket connections it holds, in the pool and
+    on that node (so that a dead node's can be taken back).
 
 A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
@@ -180,9 +183,21 @@ end
 -- made get the lease too.
 local function keep(c)
   if c then redis.call('PEXPIRE', hkey(c), TTL) end
-  for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts', 'secret'}) do
+  for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts', 'secret',
+                     'addr'}) do
     redis.call('PEXPIRE', P .. k, TTL)
   end
+end
+
+-- Take back the connections a node held from the pool's per-address counts.
+local function release_node(node)
+  local held = redis.call('HGETALL', P .. 'addr:' .. node)
+  for i = 1, #held, 2 do
+    if redis.call('HINCRBY', P .. 'addr', held[i], -tonumber(held[i + 1])) <= 0 then
+      redis.call('HDEL', P .. 'addr', held[i])
+    end
+  end
+  redis.call('DEL', P .. 'addr:' .. node)
 end
 
 -- When advance must run next, or false.
@@ -292,6 +307,7 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. A
       if c then forget(c) end
     end
     redis.call('DEL', P .. 'nc:' .. dead)
+    release_node(dead)
     redis.call('ZREM', P .. 'nodes', dead)
     redis.call('HDEL', P .. 'counts', dead)
   end
@@ -308,6 +324,7 @@ end
 -- Without a live node to renew them, the pool's keys go within two leases
 -- of the last renewal (a live node reaps a dead one's clients after one).
 redis.call('PEXPIRE', P .. 'nc:' .. node, TTL)
+redis.call('PEXPIRE', P .. 'addr:' .. node, TTL)
 keep(false)
 return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostring(chatting),
         tostring(redis.call('ZCARD', P .. 'nodes')), deadline()}
@@ -448,6 +465,58 @@ return {scope, text}
 """
 )
 
+#: ARGV[5]: node, ARGV[6]: an address key, ARGV[7]: the most connections
+#: it may hold in the pool.  Takes one for it; returns 1, or 0 (and takes
+#: none) when it holds that many already.
+ADMIT = (
+    _COMMON
+    + """
+local key = ARGV[6]
+if redis.call('HINCRBY', P .. 'addr', key, 1) > tonumber(ARGV[7]) then
+  if redis.call('HINCRBY', P .. 'addr', key, -1) <= 0 then redis.call('HDEL', P .. 'addr', key) end
+  return 0
+end
+redis.call('HINCRBY', P .. 'addr:' .. ARGV[5], key, 1)
+redis.call('PEXPIRE', P .. 'addr:' .. ARGV[5], TTL)
+keep(false)
+return 1
+"""
+)
+
+#: ARGV[5]: node, ARGV[6]: an address key.  Gives back one connection.
+RELEASE = (
+    _COMMON
+    + """
+local key = ARGV[6]
+if tonumber(redis.call('HGET', P .. 'addr:' .. ARGV[5], key) or '0') <= 0 then return 0 end
+if redis.call('HINCRBY', P .. 'addr:' .. ARGV[5], key, -1) <= 0 then
+  redis.call('HDEL', P .. 'addr:' .. ARGV[5], key)
+end
+if redis.call('HINCRBY', P .. 'addr', key, -1) <= 0 then redis.call('HDEL', P .. 'addr', key) end
+return 1
+"""
+)
+
+#: ARGV[5]: node, then address keys and the connections the node holds for
+#: each.  After the node was cut off: its share of the per-address counts is
+#: set to what it holds now.
+RECOUNT = (
+    _COMMON
+    + """
+local node = ARGV[5]
+release_node(node)
+local i = 6
+while ARGV[i] do
+  redis.call('HINCRBY', P .. 'addr', ARGV[i], tonumber(ARGV[i + 1]))
+  redis.call('HSET', P .. 'addr:' .. node, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('PEXPIRE', P .. 'addr:' .. node, TTL)
+keep(false)
+return 1
+"""
+)
+
 #: The bans in force: their scopes and ends, flat.  Ended ones are dropped.
 BANS = (
     _COMMON
@@ -487,6 +556,7 @@ for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
   if c then forget(c) end
 end
 redis.call('DEL', P .. 'nc:' .. node)
+release_node(node)
 redis.call('ZREM', P .. 'nodes', node)
 redis.call('HDEL', P .. 'counts', node)
 return false

@@ -14,6 +14,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IConsumer,
@@ -29,7 +30,7 @@ from zope.interface import implementer
 from roulette import framing, wire
 from roulette.abuse import AddressKeys, TokenBucket, WindowCounter, client_host, request_scheme
 from roulette.limits import Limits
-from roulette.lobby import ONLINE_INTERVAL, Lobby
+from roulette.lobby import ONLINE_INTERVAL, Lobby, SharedAddresses
 from roulette.logs import Tally, excerpt
 from roulette.transport import has_unsent, peer_host
 
@@ -100,6 +101,8 @@ class RouletteProtocol(WebSocketServerProtocol):
     address_hash = ""
     _keys: AddressKeys | None = None
     _admitted = False
+    #: Whether the connection holds one of its address's in the pool's count.
+    _pool_admitted = False
     _joined = False
     #: Whether the client has a partner, as the pairing events it was sent
     #: say: what ``not_paired`` is decided on, without asking the matchmaker.
@@ -128,7 +131,7 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     # -- handshake -----------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]  # Autobahn waits on a Deferred (txaio.as_future); its annotation leaves that out
         """Admit or refuse the upgrade, before it happens (HTTP 403/429/503)."""
         lobby = self.factory.lobby
         gate = lobby.gate
@@ -160,6 +163,26 @@ class RouletteProtocol(WebSocketServerProtocol):
         if refused is not None:
             self._deny_handshake(429, f"too many connections from this address ({refused})")
         self._admitted = True
+        shared = lobby.shared_addresses
+        if shared is not None:
+            return self._admit_in_pool(shared, gate.addresses.max_per_address)
+        return None
+
+    def _admit_in_pool(self, shared: SharedAddresses, most: int) -> Deferred[None]:
+        """The per-address cap over the whole pool of processes: one round
+        trip to its Redis before the upgrade is answered."""
+        key = self.address_hash
+
+        def taken(admitted: bool) -> None:
+            if self.state == _CLOSED:  # gone meanwhile
+                if admitted:
+                    shared.release_address(key)
+                return
+            if not admitted:
+                self._deny_handshake(429, "too many connections from this address (pool)")
+            self._pool_admitted = True
+
+        return shared.admit_address(key, most).addCallback(taken)
 
     def _deny_handshake(self, code: int, reason: str, **details: object) -> None:
         """Answer the upgrade with HTTP ``code`` (see :meth:`failHandshake`),
@@ -226,6 +249,11 @@ class RouletteProtocol(WebSocketServerProtocol):
         if self._admitted:
             self._admitted = False
             self.factory.lobby.gate.addresses.release(self.address_hash)
+        if self._pool_admitted:
+            self._pool_admitted = False
+            shared = self.factory.lobby.shared_addresses
+            if shared is not None:
+                shared.release_address(self.address_hash)
         if self._joined:
             self._joined = False
             log.info(

@@ -525,6 +525,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         matchmaker.on_matching = lobby.matching
         matchmaker.on_ban = lobby.heard_ban
         lobby.shared_reports = matchmaker
+        lobby.shared_addresses = matchmaker
     lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,

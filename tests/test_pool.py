@@ -786,6 +786,33 @@ def test_while_redis_is_away_chats_go_on_and_matching_resumes_when_it_is_back(
         own.stop()
 
 
+def test_the_per_address_cap_holds_across_processes(redis: RedisServer) -> None:
+    import websockets
+    from support import RunningServer, run_async, wait_until
+    from test_security import status_of
+
+    url = redis.url.rsplit("/", 1)[0] + "/5"
+    options = ("--redis", url, "--trust-proxy", "1", "--max-per-ip", "2")
+    here = {"X-Forwarded-For": "203.0.113.9"}
+    with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
+
+        async def scenario() -> None:
+            first = await websockets.connect(one.ws_url, additional_headers=here)
+            second = await websockets.connect(two.ws_url, additional_headers=here)
+            # The address holds two connections in the pool: a third is
+            # refused by either process.
+            assert status_of(one.port, here) == 429
+            assert status_of(two.port, here) == 429
+            # Another address is not affected.
+            assert status_of(two.port, {"X-Forwarded-For": "198.51.100.9"}) == 101
+            await first.close()
+            # Given back: the address may connect again, on the other process.
+            wait_until(lambda: status_of(two.port, here) == 101, timeout=5)
+            await second.close()
+
+        run_async(scenario())
+
+
 def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:
     import asyncio
     import json
