@@ -515,6 +515,10 @@ class RedisMatchmaker(Service):
             if self._partner.get(other) == client:
                 target.send_event(event)
             return
+        if self.paused:
+            # Cut off from Redis, the other node cannot be reached: nothing
+            # is queued up meanwhile (the clients have been told).
+            return
         node = other.rpartition(":")[0]
         self._track(
             self._redis.publish(

@@ -200,6 +200,19 @@ local function release_node(node)
   redis.call('DEL', P .. 'addr:' .. node)
 end
 
+-- A node leaves the pool (on purpose, or its lease ran out): its clients go,
+-- their partners are told, its connections are taken back.
+local function remove_node(node)
+  for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
+    local c = string.match(f, '^(.*)|id$')
+    if c then forget(c) end
+  end
+  redis.call('DEL', P .. 'nc:' .. node)
+  release_node(node)
+  redis.call('ZREM', P .. 'nodes', node)
+  redis.call('HDEL', P .. 'counts', node)
+end
+
 -- When advance must run next, or false.
 local function deadline()
   local top = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
@@ -300,17 +313,7 @@ RENEW = (
     + """
 local node, lease = ARGV[5], tonumber(ARGV[6])
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', '(' .. ARGV[2])) do
-  if dead ~= node then
-    local fields = redis.call('HKEYS', P .. 'nc:' .. dead)
-    for _, f in ipairs(fields) do
-      local c = string.match(f, '^(.*)|id$')
-      if c then forget(c) end
-    end
-    redis.call('DEL', P .. 'nc:' .. dead)
-    release_node(dead)
-    redis.call('ZREM', P .. 'nodes', dead)
-    redis.call('HDEL', P .. 'counts', dead)
-  end
+  if dead ~= node then remove_node(dead) end
 end
 advance()
 redis.call('ZADD', P .. 'nodes', NOW + lease, node)
@@ -550,15 +553,7 @@ return redis.call('GET', P .. 'secret')
 RETIRE = (
     _COMMON
     + """
-local node = ARGV[5]
-for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
-  local c = string.match(f, '^(.*)|id$')
-  if c then forget(c) end
-end
-redis.call('DEL', P .. 'nc:' .. node)
-release_node(node)
-redis.call('ZREM', P .. 'nodes', node)
-redis.call('HDEL', P .. 'counts', node)
+remove_node(ARGV[5])
 return false
 """
 )

@@ -113,6 +113,21 @@ def peers(*names: str) -> list[RecordingPeer]:
     return [RecordingPeer(name) for name in names]
 
 
+async def chat_across(
+    pool: Pool, identities: tuple[str | None, str | None] = (None, None)
+) -> tuple[RedisMatchmaker, RedisMatchmaker, RecordingPeer, RecordingPeer]:
+    """Two nodes, and a client of each in a chat with the other."""
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    a, b = peers("a", "b")
+    n1.connect(a, identities[0])
+    n2.connect(b, identities[1])
+    await pool.settle()
+    assert a.take() == [("waiting",), ("paired",)]
+    assert b.take() == [("waiting",), ("paired",)]
+    return n1, n2, a, b
+
+
 @pytest_twisted.ensureDeferred
 async def test_clients_of_two_nodes_meet_and_chat_both_ways(pool: Pool) -> None:
     n1 = await pool.node(1)
@@ -170,13 +185,7 @@ async def test_partners_on_one_node_are_relayed_in_memory(pool: Pool) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_next_tells_the_partner_and_the_cooldown_wakes_them_on_time(pool: Pool) -> None:
-    n1 = await pool.node(1)
-    n2 = await pool.node(2)
-    a, b = peers("a", "b")
-    n1.connect(a)
-    n2.connect(b)
-    await pool.settle()
-    a.take(), b.take()
+    n1, n2, a, b = await chat_across(pool)
     n1.next(a)
     # From the moment a pressed next, nothing more reaches b from a, nor a from b.
     n1.relay(a, b"late")
@@ -217,12 +226,7 @@ async def test_stop_makes_both_idle_and_stats_count_the_pool(pool: Pool) -> None
 
 @pytest_twisted.ensureDeferred
 async def test_a_report_ends_the_chat_for_good_and_describes_it(pool: Pool) -> None:
-    n1 = await pool.node(1)
-    n2 = await pool.node(2)
-    a, b = peers("a", "b")
-    n1.connect(a, "ip-a")
-    n2.connect(b, "ip-b")
-    await pool.settle()
+    n1, n2, a, b = await chat_across(pool, ("ip-a", "ip-b"))
     n2.relay(b, b"spam", said=True)
     await pool.tick(2.5)
     outcomes: list[ReportedChat | None] = []
@@ -286,12 +290,8 @@ async def test_reports_counted_on_two_nodes_ban_on_every_node(pool: Pool) -> Non
 
 @pytest_twisted.ensureDeferred
 async def test_a_disconnect_is_noticed_on_the_other_node(pool: Pool) -> None:
-    n1 = await pool.node(1)
-    n2 = await pool.node(2)
-    a, b, c = peers("a", "b", "c")
-    n1.connect(a)
-    n2.connect(b)
-    await pool.settle()
+    n1, n2, a, b = await chat_across(pool)
+    c = RecordingPeer("c")
     n2.disconnect(b)
     await pool.settle()
     assert a.take()[-1] == ("partner_left",)
@@ -305,12 +305,8 @@ async def test_a_disconnect_is_noticed_on_the_other_node(pool: Pool) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_the_clients_of_a_dead_node_leave_the_pool_within_its_lease(pool: Pool) -> None:
-    n1 = await pool.node(1)
-    n2 = await pool.node(2)
-    a, b, w = peers("a", "b", "w")
-    n1.connect(a)
-    n2.connect(b)
-    await pool.settle()
+    n1, n2, a, b = await chat_across(pool)
+    w = RecordingPeer("w")
     n2.connect(w)  # waits
     await pool.settle()
     for p in (a, b, w):
