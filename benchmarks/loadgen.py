@@ -156,36 +156,50 @@ class Client(asyncio.Protocol):
 
 async def connect(
     host: str,
-    port: int,
+    port: int | list[int],
     count: int,
     totals: Totals,
     on_message: Callable[[Client], None],
     echo: bool,
     concurrency: int = 200,
     timeout: float = 60,
+    across: bool = True,
 ) -> list[Client]:
     """Open ``count`` connections, ``concurrency`` handshakes at a time, and
     wait until they are paired (against an echo each is its own partner).
-    A connection that fails is counted in ``totals.errors``, not raised."""
+    A connection that fails is counted in ``totals.errors``, not raised.
+
+    With two ports (two processes of one pool), connections go to each in
+    turn; ``across``, one pair at a time, so that every chat is across the
+    two (otherwise all at once, and chats fall where they may)."""
     loop = asyncio.get_running_loop()
     clients: list[Client] = []
     gate = asyncio.Semaphore(concurrency)
+    ports = port if isinstance(port, list) else [port]
 
-    async def one() -> None:
+    async def one(to: int) -> Client | None:
         async with gate:
             try:
                 _, client = await loop.create_connection(
-                    lambda: Client(f"{host}:{port}", totals, on_message), host, port
+                    lambda: Client(f"{host}:{to}", totals, on_message), host, to
                 )
                 opened = await asyncio.wait_for(client.opened, timeout)
             except OSError:  # TimeoutError included
                 opened = False
             if opened:
                 clients.append(client)
-            else:
-                totals.errors += 1
+                return client
+            totals.errors += 1
+            return None
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    if len(ports) == 1 or not across:
+        await asyncio.gather(*(one(ports[i % len(ports)]) for i in range(count)))
+    else:
+        for _ in range(0, count, len(ports)):
+            pair = [await one(to) for to in ports]
+            waits = [c.is_paired for c in pair if c is not None]
+            if waits:
+                await asyncio.wait(waits, timeout=timeout)
     totals.opened = len(clients)
     if echo:
         totals.paired = len(clients)
@@ -214,7 +228,7 @@ async def measuring_window(
 
 async def saturated(
     host: str,
-    port: int,
+    port: int | list[int],
     connections: int,
     inflight: int,
     warmup: float,
@@ -236,7 +250,7 @@ async def saturated(
 
 async def paced(
     host: str,
-    port: int,
+    port: int | list[int],
     connections: int,
     rate: float,
     warmup: float,
@@ -267,12 +281,18 @@ async def paced(
 
 
 async def storm(
-    host: str, port: int, connections: int, echo: bool, on_window: Callable[[bool], None]
+    host: str,
+    port: int | list[int],
+    connections: int,
+    echo: bool,
+    on_window: Callable[[bool], None],
 ) -> Totals:
     """Open ``connections`` at once; the window closes when every one is paired."""
     totals = Totals()
     on_window(True)
-    clients = await connect(host, port, connections, totals, lambda c: None, echo, 1000)
+    clients = await connect(
+        host, port, connections, totals, lambda c: None, echo, 1000, across=False
+    )
     on_window(False)
     close_all(clients)
     return totals
@@ -280,7 +300,7 @@ async def storm(
 
 async def idle(
     host: str,
-    port: int,
+    port: int | list[int],
     connections: int,
     settle: float,
     echo: bool,

@@ -67,6 +67,10 @@ SERVERS: dict[str, Callable[[int, Path], list[str]]] = {
     ],
 }  # fmt: skip
 BASELINE = "autobahn-echo"
+#: Two processes of roulette sharing one pool through a redis-server of
+#: their own (``--pool``): every chat of a relay scenario is across the two,
+#: and the CPU of all three processes is counted.
+POOL = "roulette-pool"
 #: ``--compare TWISTD`` adds this server: another install of roulette.
 COMPARED = "roulette-compared"
 
@@ -159,27 +163,57 @@ def pinned() -> bool:
 
 
 class Server:
+    """One server under test: its processes (all pinned to one CPU), the
+    ports clients connect to, and the processes whose CPU is counted."""
+
     def __init__(self, name: str, workdir: Path) -> None:
         self.name = name
-        self.port = free_port()
-        command = SERVERS[name](self.port, workdir / f"{name}.log")
+        self.processes: list[subprocess.Popen[bytes]] = []
+        if name == POOL:
+            redis_port = free_port()
+            self._start(
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                redis_port, workdir,
+            )  # fmt: skip
+            self.ports = [free_port(), free_port()]
+            for i, port in enumerate(self.ports):
+                command = roulette_command(port, workdir / f"{name}-{i}.log")
+                self._start(
+                    [*command, "--redis", f"redis://127.0.0.1:{redis_port}/0"], port, workdir
+                )
+            # Until both have joined the pool, WebSockets are refused (503).
+            time.sleep(1.0)
+        else:
+            self.ports = [free_port()]
+            self._start(
+                SERVERS[name](self.ports[0], workdir / f"{name}.log"), self.ports[0], workdir
+            )
+        self.port = self.ports[0]
+        self.process = self.processes[-1]
+        self.pids = [p.pid for p in self.processes]
+
+    def _start(self, command: list[str], port: int, workdir: Path) -> None:
         if pinned():
             command = ["taskset", "-c", "0", *command]
-        self.process = subprocess.Popen(
-            command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        self.processes.append(
+            subprocess.Popen(
+                command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError(f"{name} did not start")
+        raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        for process in reversed(self.processes):
+            process.kill()
+            process.wait()
 
 
 @dataclass
@@ -222,20 +256,22 @@ def measure(
     and closes on the load generator's signal; server CPU and RSS are read
     at both ends, and ``hook`` (a profiler, say) is told after opening and
     before closing."""
-    pid = server.process.pid
-    result = Result(server.name, scenario.name, rnd, rss_empty_kib=rss_kib(pid))
+    pids = server.pids
+    result = Result(server.name, scenario.name, rnd, rss_empty_kib=sum(map(rss_kib, pids)))
     marks: dict[bool, tuple[float, float, float]] = {}
 
     def on_window(opening: bool) -> None:
         if hook is not None and not opening:
             hook(opening)
-        marks[opening] = (cpu_seconds(pid), time.process_time(), time.perf_counter())
+        cpu = sum(map(cpu_seconds, pids))
+        marks[opening] = (cpu, time.process_time(), time.perf_counter())
         if not opening:
-            result.rss_loaded_kib = rss_kib(pid)
+            result.rss_loaded_kib = sum(map(rss_kib, pids))
         if hook is not None and opening:
             hook(opening)
 
-    address = ("127.0.0.1", server.port)
+    ports = server.ports
+    address = ("127.0.0.1", ports if len(ports) > 1 else ports[0])
     n, echo = scenario.connections, server.name == BASELINE
     if scenario.kind == "saturated":
         load = loadgen.saturated(*address, n, scenario.inflight, warmup, window, echo, on_window)
@@ -449,6 +485,11 @@ def main() -> None:
         metavar="TWISTD",
         help=f"also measure the roulette of this twistd (another install) as {COMPARED!r}",
     )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help=f"also measure {POOL!r}: two processes sharing a redis-server, chats across them",
+    )
     parser.add_argument("--scenarios", default="", help="comma-separated names")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -464,6 +505,8 @@ def main() -> None:
     if args.compare:
         SERVERS[COMPARED] = compared_command(args.compare)
         servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, COMPARED)
+    if args.pool:
+        servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, POOL)
     results = run(scenarios, args.rounds, args.warmup, args.window, servers)
     rows = summarise(results, servers)
     meta = {

@@ -132,6 +132,10 @@ def _keys_from_text(text: str) -> AddressKeys | None:
     return AddressKeys(parts[0], parts[1], tuple(parts[2:]))
 
 
+def _relay_failed(failure: Failure) -> None:
+    log.failure("relaying an event to another node failed", failure)
+
+
 class _Elsewhere:
     """A client of another node, as a report names it: this node can tell
     it nothing (its own node does); its address keys, for the ban rules."""
@@ -520,11 +524,11 @@ class RedisMatchmaker(Service):
             # is queued up meanwhile (the clients have been told).
             return
         node = other.rpartition(":")[0]
-        self._track(
-            self._redis.publish(
-                f"{self._prefix}n:{node}", f"E {other} {client} {event.decode('utf-8')}"
-            )
-        )
+        # Not tracked: one connection keeps commands in order, so whatever
+        # waits on later calls (settle's marker) waits on this too.
+        self._redis.publish(
+            f"{self._prefix}n:{node}", f"E {other} {client} {event.decode('utf-8')}"
+        ).addErrback(_relay_failed)
 
     def stats(self) -> Stats:
         """The pool's counts as of the last renewal (a third of a lease ago
