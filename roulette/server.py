@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -103,6 +104,9 @@ class RouletteProtocol(WebSocketServerProtocol):
     _admitted = False
     #: Whether the connection holds one of its address's in the pool's count.
     _pool_admitted = False
+    #: Told when the upgrade, answered later than it arrived, is done (the
+    #: site's deadline for the handshake ends then).
+    when_open: Callable[[], None] | None = None
     _joined = False
     #: Whether the client has a partner, as the pairing events it was sent
     #: say: what ``not_paired`` is decided on, without asking the matchmaker.
@@ -228,6 +232,9 @@ class RouletteProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=False)
 
     def onOpen(self) -> None:
+        when_open, self.when_open = self.when_open, None
+        if when_open is not None:
+            when_open()
         self._joined = True
         limits = self.factory.limits
         now = self.factory.reactor.seconds()

@@ -32,7 +32,7 @@ from twisted.web.iweb import IRequest
 from roulette.abuse import SocketLimits, request_scheme, socket_key
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally, excerpt
-from roulette.server import RouletteFactory
+from roulette.server import RouletteFactory, RouletteProtocol
 from roulette.transport import peer_host
 
 log = Logger()
@@ -48,6 +48,7 @@ MAX_SOCKETS_PER_ADDRESS = 64
 #: A request line that opens the WebSocket (the handshake checks the rest).
 _UPGRADE_LINE = re.compile(rb"GET /ws(?:\?[^ ]*)? HTTP/1\.1\r?\n")
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 #: Bytes read, at most, while looking for the end of the request line.
 _MAX_REQUEST_LINE = 4096
 #: The limits twisted.web puts on a request's head, on both paths: bytes of
@@ -698,6 +699,10 @@ class FirstRequest(protocol.Protocol):
         if inner.state == _OPEN:
             self.deadline.disarm()
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]  # on purpose
+        elif inner.state == _CONNECTING and isinstance(inner, RouletteProtocol):
+            # The upgrade is answered later (a pool's Redis is asked first):
+            # the deadline runs until then.
+            inner.when_open = lambda: self._opened(inner)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.deadline.disarm()

@@ -809,6 +809,32 @@ def test_the_per_address_cap_holds_across_processes(redis: RedisServer) -> None:
         run_async(scenario())
 
 
+def test_a_pool_connection_outlives_the_handshake_deadline(redis: RedisServer) -> None:
+    # The upgrade is answered once Redis has counted the address: the
+    # handshake's deadline must end then, not cut the chat off later.
+    import asyncio
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/6"
+    with RunningServer(None, "--redis", url, "--handshake-timeout", "1") as server:
+
+        async def scenario() -> None:
+            a = await websockets.connect(server.ws_url)
+            b = await websockets.connect(server.ws_url)
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(b) == {"type": "paired"}
+            await asyncio.sleep(2.5)
+            await send(a, {"type": "message", "text": "still here"})
+            assert await recv(b) == {"type": "message", "text": "still here"}
+            await a.close()
+            await b.close()
+
+        run_async(scenario())
+
+
 def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:
     import asyncio
     import json

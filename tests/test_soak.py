@@ -327,7 +327,9 @@ def soak(servers: list[RunningServer]) -> Tally:
         tasks += [rude(n, url(n), end, tally) for n in range(RUDE)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, errors[:3]
+        if errors:
+            tails = "\n".join(server.log()[-3000:] for server in servers)
+            raise AssertionError(f"{len(errors)} clients failed: {errors[:3]}\n{tails}")
 
     peak_online = 0
 
