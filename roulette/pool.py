@@ -525,10 +525,17 @@ class RedisMatchmaker(Service):
             return
         node = other.rpartition(":")[0]
         # Not tracked: one connection keeps commands in order, so whatever
-        # waits on later calls (settle's marker) waits on this too.
-        self._redis.publish(
-            f"{self._prefix}n:{node}", f"E {other} {client} {event.decode('utf-8')}"
-        ).addErrback(_relay_failed)
+        # waits on later calls (settle's marker) waits on this too.  Written
+        # straight on the live connection when there is one: txredisapi's
+        # handler would wait on a Deferred for it each time.
+        channel = f"{self._prefix}n:{node}"
+        message = f"E {other} {client} {event.decode('utf-8')}"
+        live = self._command_factory.pool
+        if live and live[0].connected:
+            d = live[0].publish(channel, message)
+        else:
+            d = self._redis.publish(channel, message)
+        d.addErrback(_relay_failed)
 
     def stats(self) -> Stats:
         """The pool's counts as of the last renewal (a third of a lease ago
