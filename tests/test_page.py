@@ -135,6 +135,21 @@ class Chat:
         self.box.fill(text)
         self.box.press("Enter")
 
+    def say_at_once(self, *texts: str) -> None:
+        """Send several messages faster than anyone types: each is put in the
+        box and submitted (as Enter does) within one script task."""
+        self.page.evaluate(
+            """texts => {
+                const form = document.getElementById("composer");
+                const box = document.getElementById("message");
+                for (const text of texts) {
+                    box.value = text;
+                    form.requestSubmit();
+                }
+            }""",
+            list(texts),
+        )
+
     def hide_tab(self, hidden: bool = True) -> None:
         """Make the tab hidden (or visible again), as switching tabs would."""
         self.page.evaluate(
@@ -371,10 +386,12 @@ class Relay:
         self.held: list[str | bytes] = []
         self.holding = False
         self.refuse: set[str] = set()
-        #: Limits to tell the tab in place of the server's, if any.
+        #: Limits to tell the tab in place of the server's, if any; ``{}``
+        #: tells it none, as a server older than ``limits`` would.
         self.limits: dict[str, float] | None = None
         self.connections = 0
         self._route: WebSocketRoute | None = None
+        self._server: WebSocketRoute | None = None
         self.page.route_web_socket(re.compile(r"/ws$"), self._connect)
         self.page.reload()
         self.wait_for(lambda: "waiting" in self.received)
@@ -382,14 +399,15 @@ class Relay:
     def _connect(self, route: WebSocketRoute) -> None:
         self._route = route
         self.connections += 1
-        server = route.connect_to_server()
+        server = self._server = route.connect_to_server()
 
         def from_server(message: str | bytes) -> None:
             event = json.loads(message)
             kind = event["type"]
             self.received.append(kind)
             if "limits" in event and self.limits is not None:
-                message = json.dumps({**event, "limits": self.limits})
+                event = {k: v for k, v in event.items() if k != "limits"}
+                message = json.dumps({**event, "limits": self.limits} if self.limits else event)
             if self.holding and kind != "online":
                 self.held.append(message)
             else:
@@ -427,8 +445,11 @@ class Relay:
         self._route.send(json.dumps(event))
 
     def close(self, code: int, reason: str = "") -> None:
-        """Close the tab's connection, as the server would."""
-        assert self._route is not None
+        """Close the tab's connection, as the server would.  The relay's own
+        connection to the server is closed too (Playwright leaves it open),
+        so that the server does not keep a ghost of the tab in its queue."""
+        assert self._route is not None and self._server is not None
+        self._server.close(code=1000)
         self._route.close(code=code, reason=reason)
 
 
@@ -494,8 +515,11 @@ def test_a_message_shows_as_sent_only_once_the_server_has_relayed_it(
     alice.say("first")
     expect(bob.lines).to_have_text(["Stranger: first"])
     expect(alice.lines).to_have_text(["You: first (sending…)"])
+    dimmed = "line => Number(getComputedStyle(line.querySelector('.text')).opacity)"
+    assert alice.lines.first.evaluate(dimmed) < 1
     relay.release()
     expect(alice.lines).to_have_text(["You: first"])
+    assert alice.lines.first.evaluate(dimmed) == 1
 
     # A message the server refuses is never shown as said.  (Here the tab
     # is told a longer limit than the server's, as by a server whose
@@ -525,6 +549,138 @@ def test_a_message_shows_as_sent_only_once_the_server_has_relayed_it(
     )
 
 
+SENDING = re.compile(r"\bpending\b")
+FAILED = re.compile(r"\bfailed\b")
+
+
+def test_messages_over_the_servers_rate_are_never_shown_as_said(open_chat: OpenChat) -> None:
+    """The page keeps to the message budget its server names; what the
+    server refuses anyway is marked as not delivered, and saved so."""
+    own = RunningServer(
+        free_port(), "--repair-cooldown", "0", "--message-rate", "1", "--message-burst", "2"
+    ).start()
+    try:
+        alice = open_chat(own)
+        # Alice's tab is told a far larger budget than the server keeps, so
+        # that its own check lets through what the server then refuses.
+        relay = Relay(alice)
+        relay.limits = {"message_rate": 100, "message_burst": 100}
+        relay.reconnect()
+        bob = open_chat(own)
+        expect_chatting(alice, bob)
+
+        alice.say_at_once("one", "two", "three", "four")
+        expect(alice.lines).to_have_text(
+            [
+                "You: one",
+                "You: two",
+                "You: three (not delivered: sent too fast)",
+                "You: four (not delivered: sent too fast)",
+            ]
+        )
+        for n, line in enumerate(alice.lines.all()):
+            expect(line).to_have_class(FAILED if n >= 2 else re.compile(r"^line you$"))
+        expect(alice.notice).to_have_text("You are sending too fast; this one was not delivered.")
+        expect(bob.lines).to_have_text(["Stranger: one", "Stranger: two"])
+
+        # A moment later the server takes one again, and it shows as said.
+        alice.page.wait_for_timeout(1_200)
+        alice.say("five")
+        expect(bob.lines.last).to_have_text("Stranger: five")
+        expect(alice.lines.last).to_have_text("You: five")
+        expect(alice.lines.last).not_to_have_class(SENDING)
+        expect(alice.lines.last).not_to_have_class(FAILED)
+        expect(alice.notice).to_be_empty()
+
+        with alice.page.expect_download() as download_info:
+            alice.button("Save log").click()
+        saved = Path(download_info.value.path()).read_text(encoding="utf-8")
+        assert saved.splitlines()[-5:] == [
+            "You: one",
+            "You: two",
+            "You: three (not delivered: sent too fast)",
+            "You: four (not delivered: sent too fast)",
+            "You: five",
+        ]
+
+        # Bob's tab has the server's own budget: with a burst of 2 it sends
+        # one message at once, and asks him to wait before the next.
+        bob.say_at_once("hi", "there")
+        expect(bob.notice).to_have_text("You are sending messages too fast. Wait a moment.")
+        expect(bob.box).to_have_value("there")  # nothing is lost
+        expect(bob.lines.last).to_have_text("You: hi")
+        expect(alice.lines.last).to_have_text("Stranger: hi")
+        bob.page.wait_for_timeout(1_600)
+        bob.box.press("Enter")
+        expect(alice.lines.last).to_have_text("Stranger: there")
+        expect(bob.lines.last).to_have_text("You: there")
+        expect(bob.page.locator("#log .failed")).to_have_count(0)
+    finally:
+        own.close()
+
+
+def test_a_message_sent_as_the_chat_ends_gets_the_servers_answer(open_chat: OpenChat) -> None:
+    """The answer to a message is about its line, whatever the chat is by
+    the time it comes: never dropped as an event about a chat already left."""
+    alice = open_chat()
+    relay = Relay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+
+    # Sent, then Next before the server's answer has come: it was said.
+    waits = relay.received.count("waiting")
+    relay.holding = True
+    alice.say("bye for now")
+    expect(alice.lines).to_have_text(["You: bye for now (sending…)"])
+    expect(alice.lines.last).to_have_class(SENDING)
+    alice.button("Next").click()
+    expect(bob.status).to_have_text(PARTNER_LEFT)
+    expect(bob.lines).to_have_text(["Stranger: bye for now"])
+    relay.wait_for(lambda: relay.received.count("waiting") > waits)  # after its "sent"
+    relay.release()
+    expect(alice.lines).to_have_text(["You: bye for now"])
+    expect(alice.lines.last).not_to_have_class(SENDING)
+    expect(alice.status).to_have_text(LOOKING)
+
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+
+    # Sent as the stranger leaves: the server had nobody to give it to.
+    relay.holding = True
+    bob.button("Stop").click()
+    relay.wait_for(lambda: any("partner_left" in event for event in relay.held))
+    alice.say("are you still there?")  # the tab does not know yet
+    expect(alice.lines).to_have_text(["You: are you still there? (sending…)"])
+    relay.wait_for(lambda: len(relay.held) == 2)
+    relay.release()
+    expect(alice.status).to_have_text(PARTNER_LEFT)
+    expect(alice.lines).to_have_text(
+        ["You: are you still there? (not delivered: the stranger had left)"]
+    )
+    expect(alice.lines.last).to_have_class(FAILED)
+    expect(bob.lines).to_have_count(0)
+
+
+def test_a_server_that_sends_no_limits_gets_the_protocol_defaults(open_chat: OpenChat) -> None:
+    alice = open_chat(locale="en-US")
+    relay = Relay(alice)
+    expect(alice.status).to_have_text(LOOKING)
+    # This server's limit (500), as its first "online" said.
+    alice.box.fill("x" * 451)
+    expect(alice.page.get_by_text("451 / 500")).to_be_visible()
+
+    # Reconnected to a server that says nothing of limits: 2000, not 500.
+    relay.limits = {}
+    relay.close(1011)
+    relay.wait_for(lambda: relay.connections == 2)
+    expect(alice.status).to_have_text(LOOKING)
+    expect(alice.page.locator("#counter")).to_be_hidden()
+    alice.box.fill("x" * 2001)
+    expect(alice.page.get_by_text("2,001 / 2,000")).to_be_visible()
+    alice.box.press("Enter")
+    expect(alice.notice).to_have_text("Your message is 2,001 characters long; the limit is 2,000.")
+
+
 def test_a_refused_next_or_stop_does_not_leave_the_page_out_of_step(
     open_chat: OpenChat, server: RunningServer
 ) -> None:
@@ -535,13 +691,20 @@ def test_a_refused_next_or_stop_does_not_leave_the_page_out_of_step(
     bob = open_chat()
     expect_chatting(alice, bob)
 
+    # A message whose answer has not come yet when the page reconnects.
+    relay.holding = True
+    alice.say("just before")
+    expect(bob.lines).to_have_text(["Stranger: just before"])
+    relay.holding = False
     relay.refuse.add("next")
     alice.button("Next").click()
     expect(alice.notice).to_have_text("Slow down.")
     # The page reconnects: the old chat ends, and Alice looks again.
     relay.wait_for(lambda: relay.connections == 2)
+    relay.held.clear()  # the old connection's answer, which never came
     expect(bob.status).to_have_text(PARTNER_LEFT)
     expect(alice.status).to_have_text(LOOKING)
+    expect(alice.lines).to_have_text(["You: just before (not confirmed: the connection was lost)"])
     carol = open_chat()
     expect_chatting(alice, carol)
 
@@ -717,7 +880,12 @@ def test_text_the_server_would_refuse_is_explained_inline(open_chat: OpenChat) -
         expect(alice.notice).to_have_text("Type a message first.")
     expect(alice.lines).to_have_count(0)
 
-    # The limit is the server's (--max-message-length), as it told the page.
+    # The limit is the server's (--max-message-length), as it told the page:
+    # the counter shows from 90 % of it.
+    alice.box.fill("x" * 450)
+    expect(alice.page.locator("#counter")).to_be_hidden()
+    alice.box.fill("x" * 451)
+    expect(alice.page.get_by_text(f"451 / {SERVER_MAX_LENGTH}")).to_be_visible()
     too_long = "x" * (SERVER_MAX_LENGTH + 1)
     alice.say(too_long)
     expect(alice.notice).to_have_text(
@@ -813,6 +981,7 @@ def test_esc_twice_save_log_and_unread_count(open_chat: OpenChat) -> None:
     expect(alice.page).to_have_title("roulette")
 
     alice.say("yes, <here> & now")
+    expect(alice.lines.last).to_have_text("You: yes, <here> & now")  # delivered
 
     with alice.page.expect_download() as download_info:
         alice.button("Save log").click()
@@ -894,15 +1063,26 @@ def test_no_serious_accessibility_violations(open_chat: OpenChat, scheme: str) -
         assert serious == [], f"{scheme}, {state}"
 
     alice = open_chat(color_scheme=scheme)
+    # Told a longer limit than the server's, Alice's tab sends what the
+    # server refuses: a line marked as not delivered.
+    relay = Relay(alice)
+    relay.limits = {"message_length": 2000}
+    relay.reconnect()
     bob = open_chat(color_scheme=scheme)
     expect_chatting(alice, bob)
     bob.say("hello, stranger")
-    alice.say("hi!")
+    alice.say("x" * (SERVER_MAX_LENGTH + 1))
+    expect(alice.lines.last).to_have_class(re.compile(r"\bfailed\b"))
     bob.box.press_sequentially("typing", delay=10)
     expect(alice.typing).to_be_visible()
+    relay.holding = True  # and one still waiting for the server's answer
+    alice.say("hi!")
+    expect(alice.lines.last).to_have_text("You: hi! (sending…)")
     alice.say(" ")
     expect(alice.notice).not_to_be_empty()
     check(alice, "chatting")
+    relay.release()
+    expect(alice.lines.last).to_have_text("You: hi!")
     alice.button("Report").click()
     expect(alice.button("Really report?")).to_be_visible()
     check(alice, "asked to confirm a report")

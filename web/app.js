@@ -12,6 +12,10 @@
 // "report" ends the chat like "next" and is owed one "waiting" too, unless
 // the partner had already left: then the server refuses it (not_paired), owes
 // nothing, and the page sends the "next" the person meant.
+//
+// The answers to the person's own messages ("sent", or an "error" carrying
+// an "id") are not about a chat but about a line in the log: they are
+// matched by id, never dropped as stale.
 "use strict";
 
 (function () {
@@ -104,6 +108,7 @@
   // answers "sent" (or an error) with that id.
   var nextMessageId = 1;
   var unconfirmed = {}; // id -> the line of a message not yet answered
+  var limitsKnown = false; // this connection's first "online" has come
 
   // -- the connection ------------------------------------------------------
 
@@ -130,6 +135,7 @@
     }
     ws = sock;
     var heard = false;
+    limitsKnown = false; // this server's first "online" says them
     sock.addEventListener("open", function () {
       if (ws !== sock) return;
       connected = true;
@@ -172,14 +178,7 @@
       lost = true;
       reportUnanswered = false;
       onlineEl.textContent = "";
-      // The server will not answer for these now: they may or may not
-      // have reached the stranger.
-      for (var id in unconfirmed) {
-        if (unconfirmed.hasOwnProperty(id)) {
-          confirmLine(unconfirmed[id], "the connection was lost", "not confirmed");
-        }
-      }
-      unconfirmed = {};
+      abandonUnconfirmed();
       disarmEsc();
       disarmReport();
       resetTypingSignal();
@@ -250,6 +249,7 @@
     ws = null;
     connected = false;
     sock.close(1000, "resync");
+    abandonUnconfirmed(); // the old socket's answers are no longer heard
     attempt = 0;
     clearTimeout(retryTimer);
     retryTimer = 0;
@@ -273,7 +273,12 @@
         if (typeof event.count === "number" && isFinite(event.count) && event.count >= 0) {
           onlineEl.textContent = Math.floor(event.count).toLocaleString() + " online";
         }
-        if (event.limits && typeof event.limits === "object") applyLimits(event.limits);
+        if (!limitsKnown) {
+          // Only the first one carries limits; an older server sends none,
+          // and then protocol v1's defaults hold (not the last server's).
+          limitsKnown = true;
+          applyLimits(event.limits && typeof event.limits === "object" ? event.limits : {});
+        }
         return;
       case "sent":
         // Answers name a line by its id, whatever chat the page is in now.
@@ -560,6 +565,8 @@
   }
 
   function saveLog() {
+    // Each line as shown, marks included: a refused message is saved as
+    // "You: … (not delivered: too long)", never as if it had been said.
     var lines = Array.prototype.map.call(logEl.children, function (line) {
       return line.textContent;
     });
@@ -662,6 +669,22 @@
     }
     line.classList.add("failed");
     setLineState(line, (verdict || "not delivered") + ": " + reason);
+  }
+
+  // The connection is gone, and with it every answer still owed: the lines
+  // waiting for one may or may not have reached the stranger, so they say
+  // "not confirmed" rather than "not delivered".  While a connection stays
+  // open nothing else is needed: the server handles frames in order and
+  // answers every message that carries an id, so a line sent just before
+  // next, stop or the partner leaving still gets its own answer ("sent", or
+  // not_paired), matched by id whatever chat the page is in by then.
+  function abandonUnconfirmed() {
+    for (var id in unconfirmed) {
+      if (unconfirmed.hasOwnProperty(id)) {
+        confirmLine(unconfirmed[id], "the connection was lost", "not confirmed");
+      }
+    }
+    unconfirmed = {};
   }
 
   function setLineState(line, text) {
