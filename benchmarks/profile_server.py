@@ -63,7 +63,7 @@ def top(collapsed: Path, count: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("server", choices=sorted(run.SERVERS))
+    parser.add_argument("server", choices=sorted([*run.SERVERS, run.POOL]))
     parser.add_argument("scenario", help="a scenario of run.py's full suite")
     parser.add_argument("--out", type=Path, required=True, help="collapsed stacks go here")
     parser.add_argument("--window", type=float, default=6.0)

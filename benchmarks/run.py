@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,9 @@ class Result:
     p99_ms: float = 0.0
     connections_per_s: float = 0.0
     server_cpu_s: float = 0.0
+    #: Each process's share of ``server_cpu_s``, in the order they started
+    #: (for the pool: redis-server, then the two nodes).
+    server_cpu_split: list[float] = field(default_factory=list)
     opened: int = 0
     paired: int = 0
     errors: int = 0
@@ -259,11 +262,13 @@ def measure(
     pids = server.pids
     result = Result(server.name, scenario.name, rnd, rss_empty_kib=sum(map(rss_kib, pids)))
     marks: dict[bool, tuple[float, float, float]] = {}
+    each: dict[bool, list[float]] = {}
 
     def on_window(opening: bool) -> None:
         if hook is not None and not opening:
             hook(opening)
-        cpu = sum(map(cpu_seconds, pids))
+        each[opening] = [cpu_seconds(pid) for pid in pids]
+        cpu = sum(each[opening])
         marks[opening] = (cpu, time.process_time(), time.perf_counter())
         if not opening:
             result.rss_loaded_kib = sum(map(rss_kib, pids))
@@ -285,6 +290,9 @@ def measure(
 
     (cpu0, gen0, t0), (cpu1, gen1, t1) = marks[True], marks[False]
     result.server_cpu_s = cpu1 - cpu0
+    result.server_cpu_split = [
+        round(b - a, 3) for a, b in zip(each[True], each[False], strict=True)
+    ]
     result.opened, result.paired, result.errors = totals.opened, totals.paired, totals.errors
     if scenario.kind == "storm":
         result.connections_per_s = totals.paired / (t1 - t0)
