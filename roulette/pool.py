@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import hiredis
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -106,6 +107,12 @@ def parse_redis_url(url: str) -> RedisAddress:
     raise ValueError(f"{display}: the URL must start with redis://, rediss:// or unix://")
 
 
+#: Seconds the events for other nodes are gathered before they are written
+#: to Redis together (see ``_Commands``): the most a relayed event waits,
+#: so that Redis and the receiving node wake once for several (measured in
+#: docs/performance.md: 2 ms takes a fifth of the CPU a message costs).
+RELAY_DELAY = 0.002
+
 #: Seconds a node leaving the pool waits for Redis to take note.
 RETIRE_TIMEOUT = 2.0
 
@@ -130,6 +137,16 @@ def _keys_from_text(text: str) -> AddressKeys | None:
     if len(parts) < 3:
         return None
     return AddressKeys(parts[0], parts[1], tuple(parts[2:]))
+
+
+def _command(*args: str) -> bytes:
+    """A command as Redis reads it, encoded by hiredis."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub types a 1-tuple
+    return packed
+
+
+#: Redis sends no reply to the command after this one (Redis 3.2 and later).
+_SKIP_REPLY = _command("CLIENT", "REPLY", "SKIP")
 
 
 def _relay_failed(failure: Failure) -> None:
@@ -160,10 +177,68 @@ class _Elsewhere:
         pass
 
 
+def _no_delay(transport: Any) -> None:
+    """Send small writes at once (``TCP_NODELAY``).  With Nagle's algorithm a
+    relayed event, to which Redis sends no reply, could wait for the ACK of
+    the one before it, which the kernel delays by up to 40 ms."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)  # through TLS too
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not TCP: a UNIX socket has no such delay
+
+
+class _Commands(txredisapi.RedisProtocol):  # type: ignore[misc]  # untyped library
+    """The node's connection for commands and scripts.
+
+    Events for other nodes are published on it without a reply, gathered
+    for up to :data:`RELAY_DELAY` and written together: Redis then reads
+    them at once and passes them on to each node in one write, so that a
+    node wakes once for several events.  Every other command first writes
+    out what is gathered before it, so Redis runs all of them in the order
+    the node sent them (a message before the "next" that follows it).
+    """
+
+    def connectionMade(self) -> Deferred[None]:
+        _no_delay(self.transport)
+        self._gathered: list[bytes] = []
+        self._writing: IDelayedCall | None = None
+        d: Deferred[None] = super().connectionMade()
+        return d
+
+    def publish_unanswered(self, channel: str, message: str) -> None:
+        """``PUBLISH`` with no reply, written within :data:`RELAY_DELAY`."""
+        self._gathered += (_SKIP_REPLY, _command("PUBLISH", channel, message))
+        if self._writing is None:
+            self._writing = self.factory.clock.callLater(RELAY_DELAY, self._write_gathered)
+
+    def _write_gathered(self) -> None:
+        self._writing = None
+        gathered, self._gathered = self._gathered, []
+        if gathered and self.connected:
+            self.transport.write(b"".join(gathered))
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if self._writing is not None:
+            self._writing.cancel()
+            self._write_gathered()
+        d: Deferred[Any] = super().execute_command(*args, **kwargs)
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        if self._writing is not None:
+            self._writing.cancel()
+            self._writing = None
+        self._gathered = []  # lost with the connection, as a write would be
+        super().connectionLost(why)
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # untyped library
     """The node's subscription to its channel, made again on every connection."""
 
     def connectionMade(self) -> Deferred[None]:
+        _no_delay(self.transport)
         d: Deferred[None] = super().connectionMade()
         matchmaker: RedisMatchmaker = self.factory.matchmaker
         d.addCallback(lambda _: self.subscribe([matchmaker.channel, matchmaker.bans_channel]))
@@ -242,6 +317,8 @@ class RedisMatchmaker(Service):
         self._command_factory: Any = None
         self._subscriber_factory: Any = None
         self._ready: Deferred[None] = Deferred()
+        #: Whether Redis takes ``CLIENT REPLY SKIP`` (see :meth:`relay`).
+        self._skip_replies = False
         self._listening = False
         self._joined_once = False
         #: Called with ``False`` when the node is cut off from Redis (no
@@ -271,6 +348,8 @@ class RedisMatchmaker(Service):
             username=address.username,
             convertNumbers=False,
         )
+        factory.protocol = _Commands
+        factory.clock = self._reactor
         _retry_soon(factory)
         factory.startConnecting(endpoint)
         self._command_factory = factory
@@ -286,6 +365,14 @@ class RedisMatchmaker(Service):
         self._renewal.start(self._lease / 3, now=True)
         proposal = self._rng.getrandbits(256).to_bytes(32, "big").hex()
         self._call(scripts.SECRET, proposal, deadline=False).addCallback(self._have_secret)
+        # Only a Redis that answers CLIENT REPLY (a proxy in front may not)
+        # is asked to leave out the replies to relayed events.
+        self._redis.execute_command("CLIENT", "REPLY", "ON").addCallbacks(
+            self._replies_can_be_skipped, lambda _: None
+        )
+
+    def _replies_can_be_skipped(self, answer: object) -> None:
+        self._skip_replies = answer == "OK"
 
     def ready(self) -> Deferred[None]:
         """Fires once the node has joined the pool, knows its secret and
@@ -524,18 +611,13 @@ class RedisMatchmaker(Service):
             # is queued up meanwhile (the clients have been told).
             return
         node = other.rpartition(":")[0]
-        # Not tracked: one connection keeps commands in order, so whatever
-        # waits on later calls (settle's marker) waits on this too.  Written
-        # straight on the live connection when there is one: txredisapi's
-        # handler would wait on a Deferred for it each time.
         channel = f"{self._prefix}n:{node}"
         message = f"E {other} {client} {event.decode('utf-8')}"
         live = self._command_factory.pool
-        if live and live[0].connected:
-            d = live[0].publish(channel, message)
+        if self._skip_replies and live and live[0].connected:
+            live[0].publish_unanswered(channel, message)
         else:
-            d = self._redis.publish(channel, message)
-        d.addErrback(_relay_failed)
+            self._redis.publish(channel, message).addErrback(_relay_failed)
 
     def stats(self) -> Stats:
         """The pool's counts as of the last renewal (a third of a lease ago

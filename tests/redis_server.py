@@ -32,8 +32,10 @@ def redis_server_path() -> str:
 class RedisServer:
     """One ``redis-server`` process of the tests' own."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        #: More command-line options for ``redis-server``.
+        self.options = options
         self.port = free_port()
         self.socket = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,6 +68,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

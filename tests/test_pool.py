@@ -156,6 +156,52 @@ async def test_clients_of_two_nodes_meet_and_chat_both_ways(pool: Pool) -> None:
         assert "hi from 1" not in dump and "llo" not in dump, key
 
 
+async def a_burst_then_next(pool: Pool) -> None:
+    """A client says many things and presses Next in one breath: its partner
+    on another node hears all of them, in order, and then that it left."""
+    n1, n2, a, b = await chat_across(pool)
+    n2.relay(b, b"hi")
+    await pool.settle()
+    assert a.take() == [("event", b"hi")]
+    said = [f'{{"type":"message","text":"{i}"}}'.encode() for i in range(200)]
+    for event in said:
+        n1.relay(a, event, said=True)
+    n1.next(a)
+    await pool.settle()
+    assert b.take() == [*(("event", event) for event in said), ("partner_left",)]
+    assert a.take() == [("waiting",)]
+    # The commands after them got their own answers, not a relayed event's.
+    assert n1.stats() == n2.stats()
+    n3 = await pool.node(3)
+    c = RecordingPeer("c")
+    n3.connect(c)
+    await pool.settle()
+    assert c.take() == [("waiting",), ("paired",)]
+    assert a.take() == [("paired",)]
+    n3.relay(c, b"hello")
+    await pool.settle()
+    assert a.take() == [("event", b"hello")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_events_reaches_the_partner_before_the_chat_ends(pool: Pool) -> None:
+    await a_burst_then_next(pool)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_will_not_leave_out_replies_relays_as_well(tmp_path: Path) -> None:
+    """Behind a proxy that refuses CLIENT (here, a Redis with the command
+    renamed away), each relayed event is published with its reply."""
+    redis = RedisServer(tmp_path, "--rename-command", "CLIENT", "")
+    redis.start()
+    pool = Pool(redis)
+    try:
+        await a_burst_then_next(pool)
+    finally:
+        await pool.close()
+        redis.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_nodes_of_a_pool_share_one_secret(pool: Pool) -> None:
     n1 = await pool.node(1)
