@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -71,6 +72,12 @@ BASELINE = "autobahn-echo"
 #: their own (``--pool``): every chat of a relay scenario is across the two,
 #: and the CPU of all three processes is counted.
 POOL = "roulette-pool"
+#: ``--workers`` adds these: ``twistd roulette --workers N`` (1 and 2) on one
+#: port, sharing a redis-server of their own; nothing is pinned, and the CPU
+#: of the redis-server, the supervisor and every worker is counted.
+WORKERS = ("roulette-workers-1", "roulette-workers-2")
+#: Whether servers and the load generator are pinned to a CPU each.
+PIN = True
 #: ``--compare TWISTD`` adds this server: another install of roulette.
 COMPARED = "roulette-compared"
 
@@ -159,7 +166,12 @@ def rss_kib(pid: int) -> int:
 
 
 def pinned() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    return PIN and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
 
 
 class Server:
@@ -169,13 +181,30 @@ class Server:
     def __init__(self, name: str, workdir: Path) -> None:
         self.name = name
         self.processes: list[subprocess.Popen[bytes]] = []
-        if name == POOL:
-            redis_port = free_port()
+        self.workers: list[int] = []
+        if name == POOL or name in WORKERS:
+            redis_port = self.redis_port = free_port()
             self._start(
                 ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no", "--dir", str(workdir)],
                 redis_port, workdir,
             )  # fmt: skip
+        if name in WORKERS:
+            count = int(name.rpartition("-")[2])
+            self.ports = [free_port()]
+            command = roulette_command(self.ports[0], workdir / f"{name}.log")
+            self._start(
+                [*command, "--redis", f"redis://127.0.0.1:{redis_port}/0",
+                 "--workers", str(count)],
+                self.ports[0], workdir,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while len(self.workers) < count and time.monotonic() < deadline:
+                time.sleep(0.1)
+                self.workers = children(self.processes[-1].pid)
+            # Until every worker has joined the pool, some refuse (503).
+            time.sleep(1.5)
+        elif name == POOL:
             self.ports = [free_port(), free_port()]
             for i, port in enumerate(self.ports):
                 command = roulette_command(port, workdir / f"{name}-{i}.log")
@@ -191,7 +220,7 @@ class Server:
             )
         self.port = self.ports[0]
         self.process = self.processes[-1]
-        self.pids = [p.pid for p in self.processes]
+        self.pids = [p.pid for p in self.processes] + self.workers
 
     def _start(self, command: list[str], port: int, workdir: Path) -> None:
         if pinned():
@@ -211,6 +240,11 @@ class Server:
         raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
+        for pid in self.workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for process in reversed(self.processes):
             process.kill()
             process.wait()
@@ -296,6 +330,9 @@ def measure(
     result.opened, result.paired, result.errors = totals.opened, totals.paired, totals.errors
     if scenario.kind == "storm":
         result.connections_per_s = totals.paired / (t1 - t0)
+        # For a storm, the latencies are each connection's time to be paired.
+        result.p50_ms = percentile(totals.pairing_ns, 0.50)
+        result.p99_ms = percentile(totals.pairing_ns, 0.99)
     if scenario.memory and totals.opened:
         result.kb_per_connection = (result.rss_loaded_kib - result.rss_empty_kib) / totals.opened
     if scenario.kind not in ("storm", "idle"):
@@ -423,8 +460,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ("msg/s", "messages_per_s", ",.0f"),
         ("server µs/msg", "server_cpu_us_per_msg", ".1f"),
         ("ratio¹", "ratio_to_baseline", ".2f"),
-        ("p50 ms", "p50_ms", ".1f"),
-        ("p99 ms", "p99_ms", ".1f"),
+        ("p50 ms³", "p50_ms", ".1f"),
+        ("p99 ms³", "p99_ms", ".1f"),
         ("conn/s", "connections_per_s", ",.0f"),
         ("KB/conn²", "kb_per_connection", ".1f"),
         ("RSS MiB²", "rss_loaded_kib", ",.0f"),
@@ -451,6 +488,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "² The server's resident memory (VmRSS) at the end of the window; KB/conn is its "
         "growth from the moment the server was ready, in KiB, divided by the connections "
         "held (idle and hold scenarios only).\n"
+        "³ A chat message's one-way latency; for a storm, the time from a connection's "
+        "upgrade to its paired event.\n"
     )
     return head + "\n" + "\n".join(lines) + "\n"
 
@@ -498,6 +537,11 @@ def main() -> None:
         action="store_true",
         help=f"also measure {POOL!r}: two processes sharing a redis-server, chats across them",
     )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help=f"also measure {' and '.join(WORKERS)} (one port, a redis-server; nothing pinned)",
+    )
     parser.add_argument("--scenarios", default="", help="comma-separated names")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -515,6 +559,10 @@ def main() -> None:
         servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, COMPARED)
     if args.pool:
         servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, POOL)
+    if args.workers:
+        global PIN
+        PIN = False
+        servers += WORKERS
     results = run(scenarios, args.rounds, args.warmup, args.window, servers)
     rows = summarise(results, servers)
     meta = {
