@@ -489,7 +489,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "growth from the moment the server was ready, in KiB, divided by the connections "
         "held (idle and hold scenarios only).\n"
         "³ A chat message's one-way latency; for a storm, the time from a connection's "
-        "upgrade to its paired event.\n"
+        "TCP handshake to its paired event (the upgrade included).\n"
     )
     return head + "\n" + "\n".join(lines) + "\n"
 

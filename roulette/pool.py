@@ -613,9 +613,9 @@ class RedisMatchmaker(Service):
         node = other.rpartition(":")[0]
         channel = f"{self._prefix}n:{node}"
         message = f"E {other} {client} {event.decode('utf-8')}"
-        live = self._command_factory.pool
-        if self._skip_replies and live and live[0].connected:
-            live[0].publish_unanswered(channel, message)
+        live = self._live()
+        if self._skip_replies and live is not None:
+            live.publish_unanswered(channel, message)
         else:
             self._redis.publish(channel, message).addErrback(_relay_failed)
 
@@ -679,11 +679,21 @@ class RedisMatchmaker(Service):
             now = self._clock.seconds()
         seed = self._rng.getrandbits(31)
         ttl = str(math.ceil(2 * self._lease * 1000))
-        d = self._redis.eval(script, [], [self._prefix, repr(float(now)), str(seed), ttl, *args])
+        redis = self._live() or self._redis
+        d = redis.eval(script, [], [self._prefix, repr(float(now)), str(seed), ttl, *args])
         self._track(d)
         if deadline:
             d.addCallback(self._schedule)
         return cast(Deferred[Any], d)
+
+    def _live(self) -> _Commands | None:
+        """The connection to Redis when it is up: commands go straight to
+        it, not through txredisapi's handler, which waits on a Deferred for
+        a connection each time (a tenth of a node's CPU in a storm)."""
+        live = self._command_factory.pool
+        if live and live[0].connected:
+            return cast(_Commands, live[0])
+        return None
 
     def _track(self, d: Deferred[Any]) -> None:
         pending = self._pending
