@@ -27,6 +27,10 @@ Pairing rules (see ``docs/protocol.md``):
   random among the eligible ones; nobody waits while an eligible partner waits
   too.
 * Never with itself, never with more than one partner, always symmetrically.
+* Only within one queue: each client waits in a named queue (``""`` for text
+  chat, ``"video"`` for video), and clients of two queues never meet.
+* Of two clients paired, exactly one is told to make the offer (for a video
+  chat's WebRTC connection): the one that was waiting.
 * Two clients whose chat ended less than ``cooldown`` seconds ago are not
   eligible for each other; two identities (addresses) one of which reported
   the other are never eligible for each other again.  When such a cooldown runs out while both still
@@ -59,8 +63,9 @@ class Peer(Protocol):
     def send_waiting(self) -> None:
         """You are in the queue."""
 
-    def send_paired(self) -> None:
-        """You have a partner."""
+    def send_paired(self, offer: bool = False) -> None:
+        """You have a partner; ``offer``: you are the one of the two to make
+        the offer (exactly one of them is)."""
 
     def send_partner_left(self) -> None:
         """Your chat ended; you are idle."""
@@ -98,12 +103,17 @@ class ReportedChat:
 class Matchmaker(Protocol):
     """What a transport calls.  Every method is keyed by the :class:`Peer`."""
 
-    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
-        """A new client arrived: it joins the queue at once.
+    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
+        """A new client arrived: it joins ``queue`` at once.
 
         ``identity`` names where it comes from (a hashed address); two
         identities one of which reported the other are never paired again.
         """
+
+    def set_queue(self, peer: Peer, queue: str) -> None:
+        """The queue the peer joins from now on, the next time it joins one
+        (:meth:`next`, :meth:`report`): its chat, or its place in a queue,
+        is left as it is."""
 
     def next(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue, then queue again."""
@@ -167,9 +177,11 @@ class MemoryMatchmaker:
         self._clock = clock
         self._cooldown = cooldown
         self._online: set[Peer] = set()
-        # An ordered set: iteration order is arrival order, which keeps every
-        # choice reproducible for a given random source.
-        self._waiting: dict[Peer, None] = {}
+        # Each waiting client and the queue it waits in, in arrival order,
+        # which keeps every choice reproducible for a given random source.
+        self._waiting: dict[Peer, str] = {}
+        # The queue each client joins next, where it is not the text one ("").
+        self._queue: dict[Peer, str] = {}
         self._partner: dict[Peer, Peer] = {}
         # When each chatting client's chat began, and who has sent a message in it.
         self._paired_at: dict[Peer, float] = {}
@@ -188,13 +200,22 @@ class MemoryMatchmaker:
 
     # -- the Matchmaker interface ---------------------------------------
 
-    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
+    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
         if peer in self._online:
             raise AlreadyConnected(peer)
         self._online.add(peer)
         self._identity[peer] = identity if identity is not None else cast(Hashable, peer)
+        if queue:
+            self._queue[peer] = queue
         self._advance(self._clock())
         self._enqueue(peer)
+
+    def set_queue(self, peer: Peer, queue: str) -> None:
+        self._require_online(peer)
+        if queue:
+            self._queue[peer] = queue
+        else:
+            self._queue.pop(peer, None)
 
     def next(self, peer: Peer) -> None:
         self._require_online(peer)
@@ -250,6 +271,7 @@ class MemoryMatchmaker:
         self._waiting.pop(peer, None)
         self._online.discard(peer)
         del self._identity[peer]
+        self._queue.pop(peer, None)
         for other in self._recent.pop(peer, {}):
             others = self._recent[other]
             del others[peer]
@@ -320,10 +342,17 @@ class MemoryMatchmaker:
         peer.send_waiting()
         self._place(peer, self._clock())
 
-    def _place(self, peer: Peer, now: float) -> None:
-        """Pair an idle peer with a random eligible waiting one, or queue it."""
+    def _place(self, peer: Peer, now: float, queue: str | None = None) -> None:
+        """Pair an idle peer with a random eligible waiting one of ``queue``
+        (by default the one it joins next), or queue it there."""
         recent = self._recent.get(peer, {})
-        eligible = [w for w in self._waiting if recent.get(w, now) <= now]
+        if queue is None:
+            queue = self._queue.get(peer, "")
+        eligible = [
+            w
+            for w, joined in self._waiting.items()
+            if joined == queue and recent.get(w, now) <= now
+        ]
         if eligible and self._never:
             mine = self._identity[peer]
             eligible = [
@@ -335,16 +364,17 @@ class MemoryMatchmaker:
             self._partner[peer] = partner
             self._partner[partner] = peer
             self._paired_at[peer] = self._paired_at[partner] = now
-            partner.send_paired()
-            peer.send_paired()
+            # The one that waited makes the offer.
+            partner.send_paired(offer=True)
+            peer.send_paired(offer=False)
             return
         # Nobody eligible: every waiting client is in cooldown with this one,
         # or never to meet it again.  Wake up when a cooldown runs out.
-        for other in self._waiting:
+        for other, joined in self._waiting.items():
             expiry = recent.get(other)
-            if expiry is not None:
+            if expiry is not None and joined == queue:
                 heapq.heappush(self._blocked, (expiry, next(self._seq), peer, other))
-        self._waiting[peer] = None
+        self._waiting[peer] = queue
 
     def _still_blocked(self, entry: tuple[float, int, Peer, Peer]) -> bool:
         """Whether a blocked-pair entry still describes two waiting clients."""
@@ -380,5 +410,4 @@ class MemoryMatchmaker:
                 freed[entry[3]] = None
         for peer in freed:
             if peer in self._waiting:
-                del self._waiting[peer]
-                self._place(peer, now)
+                self._place(peer, now, self._waiting.pop(peer))

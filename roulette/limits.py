@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from roulette import wire
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -24,9 +26,12 @@ class Limits:
     #: Typing notices (the page sends at most one every two seconds).
     typing_rate: float = 1.0
     typing_burst: float = 5.0
-    #: next, stop and report: each of them churns the queue.
+    #: next, stop, report and video: each of them churns the queue.
     queue_rate: float = 1.0
     queue_burst: float = 5.0
+    #: WebRTC signalling (video chats): gathering ICE candidates sends a burst.
+    signal_rate: float = 20.0
+    signal_burst: float = 60.0
     #: This many refused frames within the window close the connection (1008).
     flood_refusals: int = 50
     flood_window: float = 10.0
@@ -56,6 +61,9 @@ class Limits:
             "typing_burst": self.typing_burst,
             "command_rate": self.queue_rate,
             "command_burst": self.queue_burst,
+            "signal_length": wire.MAX_SIGNAL_BYTES,
+            "signal_rate": self.signal_rate,
+            "signal_burst": self.signal_burst,
         }
 
 

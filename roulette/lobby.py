@@ -220,16 +220,21 @@ class Lobby(Service):
 
     # -- what a connection calls ---------------------------------------------
 
-    def join(self, client: Client, identity: Hashable | None = None) -> None:
-        """A client finished its handshake: tell it the count, then queue it."""
+    def join(self, client: Client, identity: Hashable | None = None, queue: str = "") -> None:
+        """A client finished its handshake: tell it the count, then queue it
+        (in ``queue``: ``"video"`` or the text one, ``""``)."""
         self._clients[client] = None
         # The count it is told includes itself; it must arrive before "waiting".
         client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
         self._online_sent = -1  # the newcomer may have heard another count
         if self.matching_paused:
             client.send_notice(wire.MATCHING_PAUSED, MATCHING_PAUSED)
-        self.matchmaker.connect(client, identity)
+        self.matchmaker.connect(client, identity, queue)
         self._reschedule()
+
+    def set_queue(self, client: Client, queue: str) -> None:
+        """The queue the client joins from now on (see ``Matchmaker.set_queue``)."""
+        self.matchmaker.set_queue(client, queue)
 
     def leave(self, client: Client) -> None:
         if client in self._clients:

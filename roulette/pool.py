@@ -167,7 +167,7 @@ class _Elsewhere:
     def send_waiting(self) -> None:
         pass
 
-    def send_paired(self) -> None:
+    def send_paired(self, offer: bool = False) -> None:
         pass
 
     def send_partner_left(self) -> None:
@@ -304,6 +304,10 @@ class RedisMatchmaker(Service):
         #: What each client was last told: "w" waiting, "p" paired, "i" idle.
         self._status: dict[str, str] = {}
         self._partner: dict[str, str] = {}
+        #: Clients told to make the offer in their chat.
+        self._offers: set[str] = set()
+        #: The queue each client joins next, where not the text one ("").
+        self._queue: dict[str, str] = {}
         self._said: set[str] = set()
         self._seq = itertools.count(1)
         self._stats = Stats(0, 0, 0)
@@ -500,6 +504,8 @@ class RedisMatchmaker(Service):
                 self._status[client],
                 self._partner.get(client, ""),
                 self._keys[client],
+                self._queue.get(client, ""),
+                "1" if client in self._offers else "0",
             ]
         self._call(scripts.SYNC, self.node, *values)
         counts: list[str] = []
@@ -536,7 +542,7 @@ class RedisMatchmaker(Service):
 
     # -- the Matchmaker interface ---------------------------------------------
 
-    def connect(self, peer: Peer, identity: Hashable | None = None) -> None:
+    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
         client = f"{self.node}:{next(self._seq)}"
         self._ids[peer] = client
         self._peers[client] = peer
@@ -545,7 +551,19 @@ class RedisMatchmaker(Service):
         self._identity[client] = str(identity) if identity is not None else client
         keys = getattr(peer, "keys", None)  # a connection's, for reports and bans
         self._keys[client] = _keys_text(keys) if isinstance(keys, AddressKeys) else ""
-        self._call(scripts.CONNECT, client, self._identity[client], self._keys[client])
+        if queue:
+            self._queue[client] = queue
+        self._call(scripts.CONNECT, client, self._identity[client], self._keys[client], queue)
+
+    def set_queue(self, peer: Peer, queue: str) -> None:
+        client = self._ids[peer]
+        if queue == self._queue.get(client, ""):
+            return
+        if queue:
+            self._queue[client] = queue
+        else:
+            del self._queue[client]
+        self._call(scripts.QUEUE, client, queue, deadline=False)
 
     def next(self, peer: Peer) -> None:
         client = self._leave_locally(peer, "w")
@@ -587,6 +605,8 @@ class RedisMatchmaker(Service):
         del self._identity[client]
         del self._keys[client]
         self._partner.pop(client, None)
+        self._offers.discard(client)
+        self._queue.pop(client, None)
         self._said.discard(client)
         self._call(scripts.DISCONNECT, client)
 
@@ -667,6 +687,7 @@ class RedisMatchmaker(Service):
         self._gen[client] += 1
         self._status[client] = status
         self._partner.pop(client, None)
+        self._offers.discard(client)
         self._said.discard(client)
         return client
 
@@ -763,15 +784,22 @@ class RedisMatchmaker(Service):
             # once is not taken for a word to a stranger it has not met.
             first, first_gen, second, second_gen = rest.split(" ")
             told = []
-            for client, gen, partner in ((first, first_gen, second), (second, second_gen, first)):
+            for client, gen, partner, offer in (
+                (first, first_gen, second, True),
+                (second, second_gen, first, False),
+            ):
                 peer = self._peers.get(client)
                 if peer is not None and int(gen) >= self._gen[client]:
                     self._partner[client] = partner
                     self._status[client] = "p"
                     self._said.discard(client)
-                    told.append(peer)
-            for peer in told:
-                peer.send_paired()
+                    if offer:
+                        self._offers.add(client)
+                    else:
+                        self._offers.discard(client)
+                    told.append((peer, offer))
+            for peer, offer in told:
+                peer.send_paired(offer)
             return
         fields = rest.split(" ")
         client = fields[0]
@@ -780,33 +808,39 @@ class RedisMatchmaker(Service):
             return  # gone, or about a chat the client has already left
         if kind == "W":
             self._partner.pop(client, None)
+            self._offers.discard(client)
             self._status[client] = "w"
             peer.send_waiting()
         elif kind == "P":
-            self._paired(client, peer, fields[2])
+            self._paired(client, peer, fields[2], fields[3] == "1")
         elif kind == "L":
             if self._partner.pop(client, None) is not None:
                 self._left(client, peer)
         elif kind == "S":
-            self._sync(client, peer, fields[2], fields[3] == "1")
+            self._sync(client, peer, fields[2], fields[3] == "1", fields[4] == "1")
 
-    def _paired(self, client: str, peer: Peer, partner: str) -> None:
+    def _paired(self, client: str, peer: Peer, partner: str, offer: bool) -> None:
         self._partner[client] = partner
         self._status[client] = "p"
         self._said.discard(client)
-        peer.send_paired()
+        if offer:
+            self._offers.add(client)
+        else:
+            self._offers.discard(client)
+        peer.send_paired(offer)
 
     def _left(self, client: str, peer: Peer) -> None:
         self._status[client] = "i"
+        self._offers.discard(client)
         self._said.discard(client)
         peer.send_partner_left()
 
-    def _sync(self, client: str, peer: Peer, partner: str, waiting: bool) -> None:
+    def _sync(self, client: str, peer: Peer, partner: str, waiting: bool, offer: bool) -> None:
         """A client's whole state, after the node was cut off: tell it what
         it missed, as the notice it missed would have."""
         if partner != "-":
             if self._partner.get(client) != partner:
-                self._paired(client, peer, partner)
+                self._paired(client, peer, partner, offer)
             return
         if self._partner.pop(client, None) is not None:
             self._left(client, peer)  # its chat ended meanwhile

@@ -19,7 +19,10 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
     hash: the state of that node's clients, ``client.."|"..field``:
     ``id`` (identity), ``gen`` (the generation of the client's last command
     that changed its chat, see below), ``partner``, ``at`` (when the chat
-    began), ``sent`` (whether the client said something in it).
+    began), ``sent`` (whether the client said something in it), ``offer``
+    ("1" for the one of two partners that makes the offer), ``q`` (the
+    queue it joins next, when not the text one: "video") and ``wq`` (the
+    queue it waits in).
 ``P.."waiting"``
     sorted set: client id -> arrival sequence number (``P.."seq"``).
 ``P.."cool"``
@@ -40,9 +43,10 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
 
 A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
-gen other`` (paired with ``other``), ``Q a gen b gen`` (``a`` and ``b``,
-both of this node, paired with each other), ``L c gen`` (partner left), and, after
-the node has been cut off from Redis, ``S c gen partner waiting`` (the
+gen other offer`` (paired with ``other``; ``offer`` is "1" for the one that
+makes the offer), ``Q a gen b gen`` (``a`` and ``b``, both of this node,
+paired with each other; ``a`` makes the offer), ``L c gen`` (partner left), and, after
+the node has been cut off from Redis, ``S c gen partner waiting offer`` (the
 client's whole state, see ``SYNC``) and then ``R`` (the node is back).  ``gen``
 is the client's generation as the script saw it: a node drops a notice
 older than the last command its client sent, which the client has already
@@ -82,13 +86,15 @@ local function cool_until(a, b)
   return nil
 end
 
--- Pair an idle client with a random eligible waiting one, or queue it.
-local function place(c)
+-- Pair an idle client with a random eligible waiting one of queue q (by
+-- default the one it joins next), or queue it there.
+local function place(c, q)
   local mine = get(c, 'id')
   if not mine then return end  -- not in the pool (any more): nothing to place
+  q = q or get(c, 'q') or ''
   local eligible, blocked = {}, {}
   for _, w in ipairs(redis.call('ZRANGE', P .. 'waiting', 0, -1)) do
-    if w ~= c then
+    if w ~= c and (get(w, 'wq') or '') == q then
       local u = cool_until(c, w)
       if u then
         blocked[#blocked + 1] = {w, u}
@@ -108,13 +114,16 @@ local function place(c)
     put(c, 'partner', w)
     put(w, 'at', ARGV[2])
     put(c, 'at', ARGV[2])
+    -- The one that waited makes the offer.
+    put(w, 'offer', '1')
+    put(c, 'offer', '0')
     if node_of(w) == node_of(c) then
       -- Both on one node: one notice, so that neither can speak to the
       -- other before the node knows they are paired.
       tell(c, 'Q ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' ' .. gen(c))
     else
-      tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c)
-      tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w)
+      tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' 1')
+      tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w .. ' 0')
     end
     return
   end
@@ -122,12 +131,13 @@ local function place(c)
   for _, b in ipairs(blocked) do
     redis.call('ZADD', P .. 'blocked', b[2], pk(c, b[1]))
   end
+  put(c, 'wq', q)
   redis.call('ZADD', P .. 'waiting', redis.call('INCR', P .. 'seq'), c)
 end
 
 local function end_chat(a, b)
-  drop(a, 'partner', 'at', 'sent')
-  drop(b, 'partner', 'at', 'sent')
+  drop(a, 'partner', 'at', 'sent', 'offer')
+  drop(b, 'partner', 'at', 'sent', 'offer')
 end
 
 -- End the client's chat (its partner is told) or take it out of the queue.
@@ -163,7 +173,7 @@ local function advance()
   for _, x in ipairs(order) do
     if is_waiting(x) then
       redis.call('ZREM', P .. 'waiting', x)
-      place(x)
+      place(x, get(x, 'wq') or '')
     end
   end
 end
@@ -176,7 +186,7 @@ local function forget(c)
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   end
   redis.call('ZREM', P .. 'waiting', c)
-  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys')
+  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq')
 end
 
 -- Keys live while a node renews them (see RENEW): those a call may have
@@ -230,6 +240,7 @@ advance()
 local c = ARGV[5]
 put(c, 'id', ARGV[6])
 if ARGV[7] ~= '' then put(c, 'keys', ARGV[7]) end
+if ARGV[8] and ARGV[8] ~= '' then put(c, 'q', ARGV[8]) end
 put(c, 'gen', '0')
 tell(c, 'W ' .. c .. ' 0')
 place(c)
@@ -270,6 +281,18 @@ if mode ~= 'stop' then
 end
 keep(c)
 return {deadline(), unpack(chat)}
+"""
+)
+
+#: ARGV[5]: client, ARGV[6]: the queue it joins from now on ("" for text).
+QUEUE = (
+    _COMMON
+    + """
+local c = ARGV[5]
+if not get(c, 'id') then return false end
+if ARGV[6] ~= '' then put(c, 'q', ARGV[6]) else drop(c, 'q') end
+keep(c)
+return false
 """
 )
 
@@ -334,10 +357,11 @@ return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostrin
 """
 )
 
-#: ARGV[5]: node; then, for each of its clients, six values: the client,
+#: ARGV[5]: node; then, for each of its clients, eight values: the client,
 #: its identity, its generation, what the node last told it ("w" waiting,
-#: "p" paired, "i" idle), its partner then ("" for none) and its address
-#: keys.
+#: "p" paired, "i" idle), its partner then ("" for none), its address
+#: keys, the queue it joins next ("" for text) and whether it was told to
+#: make the offer ("1" or "0").
 #:
 #: After the node was cut off from Redis, what it missed is told again: the
 #: clients Redis lost (it restarted empty, or the node's lease ran out and
@@ -357,8 +381,8 @@ while ARGV[i] do
   local c = ARGV[i]
   order[#order + 1] = c
   mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4],
-             keys = ARGV[i + 5]}
-  i = i + 6
+             keys = ARGV[i + 5], q = ARGV[i + 6], offer = ARGV[i + 7]}
+  i = i + 8
 end
 for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
   local c = string.match(f, '^(.*)|id$')
@@ -370,10 +394,12 @@ for _, c in ipairs(order) do
     put(c, 'id', v.id)
     put(c, 'gen', v.gen)
     if v.keys ~= '' then put(c, 'keys', v.keys) end
+    if v.q ~= '' then put(c, 'q', v.q) end
     local p = v.partner
     if v.status == 'p' and mine[p] and mine[p].partner == c then
       put(c, 'partner', p)
       put(c, 'at', ARGV[2])
+      put(c, 'offer', v.offer)
     end
   end
 end
@@ -385,7 +411,7 @@ for _, c in ipairs(order) do
 end
 for _, c in ipairs(order) do
   tell(c, 'S ' .. c .. ' ' .. gen(c) .. ' ' .. (get(c, 'partner') or '-') .. ' '
-    .. (is_waiting(c) and '1' or '0'))
+    .. (is_waiting(c) and '1' or '0') .. ' ' .. (get(c, 'offer') or '0'))
 end
 -- After all of them: the node is back in the pool.
 redis.call('PUBLISH', P .. 'n:' .. node, 'R')

@@ -50,6 +50,9 @@ _FEED_SLICE = 4096
 
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _OPEN = WebSocketProtocol.STATE_OPEN
+#: The matchmaker's queues: text chat, and video chat.
+TEXT = ""
+VIDEO = "video"
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -108,6 +111,17 @@ class RouletteProtocol(WebSocketServerProtocol):
     #: site's deadline for the handshake ends then).
     when_open: Callable[[], None] | None = None
     _joined = False
+    #: Video mode: what the client asked for (``/ws?video=1``, the ``video``
+    #: command), what it was when the client last joined the queue, and
+    #: whether its chat now is a video chat (it joined in video mode).
+    _video = False
+    _queued_video = False
+    _chat_video = False
+    #: Whether the client is idle (after stop or partner_left): neither
+    #: waiting nor paired, as the commands it sent and the events it was sent say.
+    _idle = False
+    #: Made when first needed: most clients never signal.
+    _signal_budget: TokenBucket | None = None
     #: Whether the client has a partner, as the pairing events it was sent
     #: say: what ``not_paired`` is decided on, without asking the matchmaker.
     _paired = False
@@ -167,6 +181,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         if refused is not None:
             self._deny_handshake(429, f"too many connections from this address ({refused})")
         self._admitted = True
+        self._video = request.params.get("video", [""])[-1] == "1"
         shared = lobby.shared_addresses
         if shared is not None:
             return self._admit_in_pool(shared, gate.addresses.max_per_address)
@@ -250,7 +265,8 @@ class RouletteProtocol(WebSocketServerProtocol):
         transport.unregisterProducer()
         transport.registerProducer(self._send_buffer, True)
         log.info("client {address} connected", address=self.address)
-        self.factory.lobby.join(self, self.address_hash)
+        self._queued_video = self._video
+        self.factory.lobby.join(self, self.address_hash, VIDEO if self._video else TEXT)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._admitted:
@@ -428,12 +444,14 @@ class RouletteProtocol(WebSocketServerProtocol):
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
                     # The chat is over now, whenever the matchmaker says so.
-                    self._paired = False
+                    self._paired = self._idle = False
+                    self._join_queue_as_chosen()
                     lobby.next(self)
                 case wire.Stop():
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
                     self._paired = False
+                    self._idle = True
                     lobby.stop(self)
                 case wire.Report():
                     if not self._queue_budget.take(now):
@@ -441,10 +459,44 @@ class RouletteProtocol(WebSocketServerProtocol):
                     if not self._paired:
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
                     self._paired = False
+                    self._join_queue_as_chosen()
                     lobby.report(self)
+                case wire.Signal(event):
+                    budget = self._signal_budget
+                    if budget is None:
+                        limits = self.factory.limits
+                        budget = self._signal_budget = TokenBucket(
+                            limits.signal_rate, limits.signal_burst, now
+                        )
+                    if not budget.take(now):
+                        raise _rate_limited()
+                    if not self._paired:
+                        raise wire.CommandError(
+                            wire.NOT_PAIRED, "You have no partner to send a signal to."
+                        )
+                    if not self._chat_video:
+                        raise wire.CommandError(
+                            wire.NOT_VIDEO, "This is not a video chat: signals are not relayed."
+                        )
+                    lobby.relay(self, event)
+                case wire.Video(on):
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
+                    self._video = on
+                    if not self._paired and not self._idle and on != self._queued_video:
+                        # Waiting: into the other queue at once.
+                        self._join_queue_as_chosen()
+                        lobby.next(self)
         except wire.CommandError as error:
             self.send_event(wire.encode_error(error.code, error.message, error.id))
             self._count_refusal(now)
+
+    def _join_queue_as_chosen(self) -> None:
+        """Before the client joins the queue again: the queue of the mode it
+        chose, if that changed since it last joined one."""
+        if self._video != self._queued_video:
+            self._queued_video = self._video
+            self.factory.lobby.set_queue(self, VIDEO if self._video else TEXT)
 
     def _count_refusal(self, now: float) -> None:
         """Count a refused frame; too many of them close the connection."""
@@ -547,13 +599,19 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._paired = False
         self.send_event(wire.WAITING)
 
-    def send_paired(self) -> None:
+    def send_paired(self, offer: bool = False) -> None:
         self._paired = True
         log.info("client {address} paired", address=self.address)
-        self.send_event(wire.PAIRED)
+        # Both joined one queue: the video one, if this one did.
+        self._chat_video = video = self._queued_video
+        if video:
+            self.send_event(wire.encode_paired_video(offer, self.factory.ice_servers()))
+        else:
+            self.send_event(wire.PAIRED)
 
     def send_partner_left(self) -> None:
         self._paired = False
+        self._idle = True
         self.send_event(wire.PARTNER_LEFT)
 
     def send_online(self, count: int, now: float) -> bool:
@@ -598,6 +656,9 @@ class RouletteFactory(WebSocketServerFactory):
         kwargs.setdefault("server", None)  # no "Server: AutobahnPython/<version>"
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # unannotated in Autobahn
         self.lobby = lobby
+        #: The ICE servers for each video chat's ``paired`` event (see
+        #: :class:`roulette.ice.IceServers`); none by default.
+        self.ice_servers: Callable[[], list[dict[str, object]]] = list
         self.limits = limits = limits if limits is not None else Limits()
         #: What the first ``online`` event tells each client, encoded once.
         self.client_limits = wire.encode_limits(limits.for_clients())

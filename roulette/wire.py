@@ -26,6 +26,11 @@ TOO_LONG = "too_long"
 NOT_PAIRED = "not_paired"
 #: Refused because the client sent too many frames of that kind too fast.
 RATE_LIMITED = "rate_limited"
+#: A ``signal`` in a chat that is not a video chat.
+NOT_VIDEO = "not_video"
+
+#: Largest ``signal`` frame accepted, in bytes.
+MAX_SIGNAL_BYTES = 16 * 1024
 
 #: Longest ``reason`` a report may give, in characters.
 MAX_REASON_LENGTH = 500
@@ -65,7 +70,19 @@ class Report:
     reason: str
 
 
-Command = Message | Typing | Next | Stop | Report
+@dataclass(frozen=True, slots=True)
+class Video:
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    #: The ``signal`` event for the partner, encoded: the command's ``data``
+    #: written again (never the client's bytes as they came).
+    event: bytes
+
+
+Command = Message | Typing | Next | Stop | Report | Video | Signal
 
 _NEXT = Next()
 _STOP = Stop()
@@ -135,6 +152,24 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
                 TOO_LONG, f"A report reason may be at most {MAX_REASON_LENGTH} characters long."
             )
         return Report(reason)
+    if kind == "signal":
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise CommandError(BAD_MESSAGE, 'A signal needs an object field "data".')
+        if len(payload) > MAX_SIGNAL_BYTES:  # characters first: cheap, and never fewer
+            size = len(payload.encode("utf-8") if isinstance(payload, str) else payload)
+            if size > MAX_SIGNAL_BYTES:
+                raise CommandError(
+                    TOO_LONG, f"A signal may be at most {MAX_SIGNAL_BYTES} bytes long."
+                )
+        # Written as ASCII: a lone surrogate escape ("\\ud800") stays escaped.
+        data_json = json.dumps(data, separators=(",", ":")).encode("ascii")
+        return Signal(_SIGNAL_PREFIX + data_json + b"}")
+    if kind == "video":
+        on = obj.get("on")
+        if not isinstance(on, bool):
+            raise CommandError(BAD_MESSAGE, 'A video command needs a boolean field "on".')
+        return Video(on)
     if not isinstance(kind, str):
         raise CommandError(BAD_MESSAGE, 'A command needs a string field "type".')
     raise CommandError(BAD_MESSAGE, f"Unknown command type {kind[:40]!r}.")
@@ -152,6 +187,13 @@ TYPING_ON = _frame({"type": "typing", "active": True})
 TYPING_OFF = _frame({"type": "typing", "active": False})
 
 _MESSAGE_PREFIX = b'{"type":"message","text":'
+_SIGNAL_PREFIX = b'{"type":"signal","data":'
+
+
+def encode_paired_video(offer: bool, ice_servers: list[dict[str, object]]) -> bytes:
+    """The ``paired`` event of a video chat: whether this side makes the
+    WebRTC offer, and the ICE servers to use."""
+    return _frame({"type": "paired", "video": True, "offer": offer, "ice_servers": ice_servers})
 
 
 def encode_message(text: str) -> bytes:

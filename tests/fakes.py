@@ -13,6 +13,7 @@ class RecordingPeer:
         self.events: list[tuple[Any, ...]] = []
         #: What the last status event said: waiting, paired or partner_left.
         self.status: str | None = None
+        self.offer: bool | None = None
 
     def __repr__(self) -> str:
         return f"<peer {self.name}>"
@@ -21,9 +22,11 @@ class RecordingPeer:
         self.events.append(("waiting",))
         self.status = "waiting"
 
-    def send_paired(self) -> None:
+    def send_paired(self, offer: bool = False) -> None:
         self.events.append(("paired",))
         self.status = "paired"
+        #: Whether the last ``paired`` told this peer to make the offer.
+        self.offer = offer
 
     def send_partner_left(self) -> None:
         self.events.append(("partner_left",))

@@ -417,9 +417,9 @@ async def test_a_notice_about_a_chat_already_left_is_dropped(pool: Pool) -> None
     n1.stop(a)
     await pool.settle()
     # A pairing decided before the stop, heard after it: stale.
-    n1._notice(f"P {client} 0 elsewhere:1")
+    n1._notice(f"P {client} 0 elsewhere:1 1")
     assert a.take() == [] and n1.partner_id(a) is None
-    n1._notice(f"P {client} 1 elsewhere:1")
+    n1._notice(f"P {client} 1 elsewhere:1 0")
     assert a.take() == [("paired",)]
 
 

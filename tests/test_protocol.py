@@ -35,6 +35,9 @@ DEFAULT_LIMITS = {
     "typing_burst": 5,
     "command_rate": 1,
     "command_burst": 5,
+    "signal_length": 16384,
+    "signal_rate": 20,
+    "signal_burst": 60,
 }
 
 
@@ -666,6 +669,9 @@ async def test_the_first_online_event_carries_the_limits_in_force() -> None:
             "typing_burst": 5,
             "command_rate": 1,
             "command_burst": 3,
+            "signal_length": 16384,
+            "signal_rate": 20,
+            "signal_burst": 60,
         }
         b = await h.connect()
         h.tick(1.0)
