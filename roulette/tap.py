@@ -38,6 +38,7 @@ from roulette.abuse import (
     SocketLimits,
 )
 from roulette.core import Matchmaker, MemoryMatchmaker
+from roulette.ice import TURN_TTL, IceServers, check_ice_url
 from roulette.limits import DEFAULT, Limits
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally
@@ -216,6 +217,42 @@ class Options(usage.Options):
             float,
         ],
         [
+            "turn-secret",
+            None,
+            None,
+            "The shared secret of the TURN servers (coturn's static-auth-secret with "
+            "use-auth-secret): each video chat gets time-limited TURN credentials "
+            "[default: TURN URLs are handed out without credentials].",
+        ],
+        [
+            "turn-secret-file",
+            None,
+            None,
+            "Read --turn-secret from this file (its first line), so that it is not "
+            "seen in the list of processes.",
+        ],
+        [
+            "turn-ttl",
+            None,
+            TURN_TTL,
+            "Seconds a TURN credential is valid.",
+            float,
+        ],
+        [
+            "signal-rate",
+            None,
+            DEFAULT.signal_rate,
+            "WebRTC signalling frames (video chats) a connection may send a second.",
+            float,
+        ],
+        [
+            "signal-burst",
+            None,
+            DEFAULT.signal_burst,
+            "WebRTC signalling frames a connection may send at once.",
+            float,
+        ],
+        [
             "redis",
             None,
             None,
@@ -258,6 +295,7 @@ class Options(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self["allowed-origin"] = []
         self["public-host"] = []
+        self["ice-server"] = []
         #: The command line as given, which --workers passes on to each worker.
         self.arguments: list[str] = []
 
@@ -281,6 +319,14 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         self["public-host"].append(host)
 
+    def opt_ice_server(self, url: str) -> None:
+        """A STUN or TURN server for video chats' WebRTC connections (stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], turns:...; repeatable) [default: none, enough on one machine or one LAN]."""  # noqa: E501
+        try:
+            check_ice_url(url)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["ice-server"].append(url)
+
     def postOptions(self) -> None:
         for name, value in self.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -303,6 +349,9 @@ class Options(usage.Options):
         for name in (
             "message-rate",
             "message-burst",
+            "signal-rate",
+            "signal-burst",
+            "turn-ttl",
             "max-per-ip",
             "connects-per-minute",
             "send-buffer-limit",
@@ -338,6 +387,16 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis {error}") from None
         if self["web-root"] is None:
             self["web-root"] = default_web_root()
+        if self["turn-secret-file"] is not None:
+            if self["turn-secret"] is not None:
+                raise usage.UsageError("give --turn-secret or --turn-secret-file, not both")
+            try:
+                with open(self["turn-secret-file"], encoding="utf-8") as f:
+                    self["turn-secret"] = f.readline().rstrip("\r\n")
+            except OSError as error:
+                raise usage.UsageError(f"--turn-secret-file: {error.strerror}") from None
+        if self["turn-secret"] == "":
+            raise usage.UsageError("the TURN secret is empty")
         else:
             root = Path(self["web-root"])
             if not (root / "index.html").is_file():
@@ -488,6 +547,8 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         max_message_length=config["max-message-length"],
         message_rate=config["message-rate"],
         message_burst=config["message-burst"],
+        signal_rate=config["signal-rate"],
+        signal_burst=config["signal-burst"],
         send_buffer_limit=config["send-buffer-limit"],
         max_per_address=config["max-per-ip"],
         connects_per_minute=config["connects-per-minute"],
@@ -533,6 +594,13 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         auto_ping_timeout=config["auto-ping-timeout"],
         limits=limits,
         reactor=reactor,
+    )
+    secret = config["turn-secret"]
+    factory.ice_servers = IceServers(
+        config["ice-server"],
+        secret.encode("utf-8") if secret is not None else None,
+        clock.seconds,
+        config["turn-ttl"],
     )
     _FlushedTally(factory.tally).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     per_address = config["max-sockets-per-ip"]

@@ -78,9 +78,9 @@ class Harness:
         for _ in range(3):
             self.pumper._flush()
 
-    async def connect(self, headers: dict[str, str] | None = None) -> Client:
+    async def connect(self, headers: dict[str, str] | None = None, path: str = "/ws") -> Client:
         options = {"headers": headers} if headers else {}
-        d = self.agent.open("ws://localhost/ws", options, protocol_class=Client)
+        d = self.agent.open(f"ws://localhost{path}", options, protocol_class=Client)
         for _ in range(20):
             self.pump()
             if d.called:

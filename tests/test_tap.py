@@ -16,6 +16,7 @@ from twisted.python.usage import UsageError
 from twisted.web.test.requesthelper import DummyRequest
 
 from roulette.core import MemoryMatchmaker
+from roulette.ice import turn_credential
 from roulette.lobby import Lobby
 from roulette.tap import Options, makeService
 from roulette.website import Health, StaticFiles, WebSocketEntry, default_web_root
@@ -50,6 +51,13 @@ def test_defaults() -> None:
         ("--shutdown-grace", "1e400"),
         ("--auto-ping-timeout", "0.5"),
         ("--web-root", "/nonexistent"),
+        ("--ice-server", "http://turn.example.org"),
+        ("--ice-server", "turn:"),
+        ("--signal-rate", "0"),
+        ("--turn-ttl", "-5"),
+        ("--turn-secret", ""),
+        ("--turn-secret-file", "/nonexistent"),
+        ("--turn-secret", "a", "--turn-secret-file", "/etc/hostname"),
     ],
 )
 def test_bad_options_are_refused(args: tuple[str, ...]) -> None:
@@ -75,6 +83,33 @@ def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path
         site = reactor.tcpServers[0][1]
         assert isinstance(site.resource.children[b"ws"], WebSocketEntry)
         assert site.websocket.limits.max_message_length == 42
+    finally:
+        service.stopService()
+
+
+def test_video_options_reach_the_factory(tmp_path: Path) -> None:
+    secret = tmp_path / "turn-secret"
+    secret.write_text("s3cret\n")
+    options = parse(
+        "--ice-server", "stun:stun.example.org",
+        "--ice-server", "turn:turn.example.org:3478",
+        "--turn-secret-file", str(secret),
+        "--turn-ttl", "60",
+        "--signal-rate", "7",
+        "--signal-burst", "9",
+    )  # fmt: skip
+    assert options["turn-secret"] == "s3cret"
+    reactor = MemoryReactorClock()
+    reactor.advance(1000)
+    service = makeService(options, reactor=reactor)
+    service.startService()
+    try:
+        factory = reactor.tcpServers[0][1].websocket
+        assert factory.limits.signal_rate == 7 and factory.limits.signal_burst == 9
+        stun, turn = factory.ice_servers()
+        assert stun == {"urls": ["stun:stun.example.org"]}
+        assert turn["urls"] == ["turn:turn.example.org:3478"] and turn["username"] == "1060"
+        assert turn["credential"] == turn_credential(b"s3cret", "1060")
     finally:
         service.stopService()
 
