@@ -275,6 +275,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
         # When each current chat began, and who has sent a message in it.
         self.paired_at: dict[RecordingPeer, float] = {}
         self.sent: set[RecordingPeer] = set()
+        # The queue each client joins next, and the one it last joined.
+        self.queue: dict[RecordingPeer, str] = {}
+        self.joined: dict[RecordingPeer, str] = {}
 
     # -- helpers ---------------------------------------------------------------
 
@@ -293,6 +296,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 )
                 ids = frozenset((self.identity[p], self.identity[q]))
                 assert ids not in self.never, f"{p} and {q} paired after a report"
+                assert self.joined[p] == self.joined[q], f"{p} and {q} met across queues"
+                assert p.offer != q.offer, f"{p} and {q} were not told one offer"
                 self.partner[p] = q
                 self.partner[q] = p
                 self.paired_at[p] = self.paired_at[q] = self.clock.now
@@ -313,13 +318,18 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------
 
-    @rule(target=clients, address=st.sampled_from(["ip1", "ip2", "ip3", "ip4", "ip5", "ip6"]))
-    def connect(self, address: str) -> RecordingPeer:
+    @rule(
+        target=clients,
+        address=st.sampled_from(["ip1", "ip2", "ip3", "ip4", "ip5", "ip6"]),
+        video=st.booleans(),
+    )
+    def connect(self, address: str, video: bool) -> RecordingPeer:
         self.count += 1
         p = RecordingPeer(f"c{self.count}")
         self.online.append(p)
         self.identity[p] = address
-        self.mm.connect(p, address)
+        self.queue[p] = self.joined[p] = "video" if video else ""
+        self.mm.connect(p, address, self.queue[p])
         assert p.events[0] == ("waiting",)
         self._observe_pairings()
         return p
@@ -330,6 +340,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             return
         self._silence()
         q = self._end(p, record_cooldown=True)
+        self.joined[p] = self.queue[p]
         self.mm.next(p)
         if q is not None:
             assert q.events == [("partner_left",)]
@@ -342,6 +353,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
             return
         self._silence()
         q = self.partner.get(p)
+        if q is not None:
+            self.joined[p] = self.queue[p]
         reported = self.mm.report_now(p)
         if q is None:
             assert reported is None
@@ -355,6 +368,18 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self._end(p, record_cooldown=True)
         assert q.events == [("partner_left",)]
         assert p.events[0] == ("waiting",)
+        self._observe_pairings()
+
+    @rule(p=clients, video=st.booleans())
+    def set_queue(self, p: RecordingPeer, video: bool) -> None:
+        """The queue changes for the next time the client joins one: its
+        chat, or its place in a queue, stays as it is."""
+        if p not in self.online:
+            return
+        self._silence()
+        self.queue[p] = "video" if video else ""
+        self.mm.set_queue(p, self.queue[p])
+        assert p.events == []
         self._observe_pairings()
 
     @rule(p=clients)
@@ -459,7 +484,10 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 ended = self.ended.get(frozenset((p, q)))
                 cooling = ended is not None and self.clock.now < ended + self.COOLDOWN
                 reported = frozenset((self.identity[p], self.identity[q])) in self.never
-                assert cooling or reported, f"{p} and {q} both wait but are eligible for each other"
+                apart = self.joined[p] != self.joined[q]
+                assert cooling or reported or apart, (
+                    f"{p} and {q} both wait but are eligible for each other"
+                )
 
     @invariant()
     def the_shell_is_woken_while_a_cooldown_keeps_waiters_apart(self) -> None:
@@ -469,6 +497,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             for i, p in enumerate(waiting)
             for q in waiting[i + 1 :]
             if frozenset((self.identity[p], self.identity[q])) not in self.never
+            and self.joined[p] == self.joined[q]
         ]
         if cooling:
             deadline = self.mm.next_deadline()

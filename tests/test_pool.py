@@ -203,6 +203,40 @@ async def test_a_redis_that_will_not_leave_out_replies_relays_as_well(tmp_path: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_video_and_text_queues_stay_apart_across_nodes(pool: Pool) -> None:
+    n1 = await pool.node(1)
+    n2 = await pool.node(2)
+    text, video, video2, text2 = peers("t", "v", "v2", "t2")
+    n1.connect(text)
+    n1.connect(video, queue="video")
+    await pool.settle()
+    assert text.take() == [("waiting",)] and video.take() == [("waiting",)]
+    n2.connect(video2, queue="video")
+    await pool.settle()
+    # Across nodes: the one that waited makes the offer.
+    assert video.take() == [("paired",)] and video.offer is True
+    assert video2.take() == [("waiting",), ("paired",)] and video2.offer is False
+    assert text.take() == []
+    # Within one node (one notice for both), likewise.
+    n1.connect(text2)
+    await pool.settle()
+    assert text.take() == [("paired",)] and text.offer is True
+    assert text2.take() == [("waiting",), ("paired",)] and text2.offer is False
+    assert n1.partner_id(text2) == n1.client_id(text)
+    # A queue set during a chat applies at the next "next".
+    n1.set_queue(text, "video")
+    n2.next(video2)
+    await pool.settle()
+    assert video2.take() == [("waiting",)]
+    assert text.take() == [] and n1.partner_id(text) == n1.client_id(text2)
+    n1.next(text)
+    await pool.settle()
+    assert text.take() == [("waiting",), ("paired",)] and text.offer is False
+    assert n1.partner_id(text) == n2.client_id(video2)
+    assert video2.take() == [("paired",)] and video2.offer is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_nodes_of_a_pool_share_one_secret(pool: Pool) -> None:
     n1 = await pool.node(1)
     n2 = await pool.node(2)
@@ -529,10 +563,10 @@ class _PoolAsOne:
 
         _in_reactor(then_settle)
 
-    def connect(self, peer: RecordingPeer, identity: str) -> None:
+    def connect(self, peer: RecordingPeer, identity: str, queue: str = "") -> None:
         node = self.nodes[len(self.node_of) % len(self.nodes)]
         self.node_of[peer] = node
-        self._do(lambda: node.connect(peer, identity))
+        self._do(lambda: node.connect(peer, identity, queue))
         client = node.client_id(peer)
         assert client is not None
         self.peer_of[client] = peer
@@ -542,6 +576,9 @@ class _PoolAsOne:
 
     def stop(self, peer: RecordingPeer) -> None:
         self._do(lambda: self.node_of[peer].stop(peer))
+
+    def set_queue(self, peer: RecordingPeer, queue: str) -> None:
+        self._do(lambda: self.node_of[peer].set_queue(peer, queue))
 
     def disconnect(self, peer: RecordingPeer) -> None:
         self._do(lambda: self.node_of[peer].disconnect(peer))
