@@ -725,6 +725,56 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
         wait_until(lambda: one.health()["online"] == 0)
 
 
+def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> None:
+    """Over real sockets: a video client of one process meets a video client
+    of the other (a text client waiting beside them meets nobody); exactly
+    one of them offers, and their signals cross Redis both ways."""
+    import asyncio
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/2"  # a database of this test's own
+    with (
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as one,
+        RunningServer(
+            None, "--redis", url, "--repair-cooldown", "0", "--ice-server", "stun:127.0.0.1:3478"
+        ) as two,
+    ):
+
+        async def scenario() -> None:
+            text = await websockets.connect(one.ws_url)
+            assert await recv(text) == {"type": "waiting"}
+            a = await websockets.connect(one.ws_url + "?video=1")
+            assert await recv(a) == {"type": "waiting"}
+            b = await websockets.connect(two.ws_url + "?video=1")
+            assert await recv(b) == {"type": "waiting"}
+            got_b, got_a = await recv(b), await recv(a)
+            assert got_a == {"type": "paired", "video": True, "offer": True, "ice_servers": []}
+            assert got_b == {
+                "type": "paired",
+                "video": True,
+                "offer": False,
+                "ice_servers": [{"urls": ["stun:127.0.0.1:3478"]}],
+            }
+            offer = {"description": {"type": "offer", "sdp": "v=0\r\n" + "a=x\r\n" * 2000}}
+            await send(a, {"type": "signal", "data": offer})
+            assert await recv(b) == {"type": "signal", "data": offer}
+            answer = {"description": {"type": "answer", "sdp": "v=0\r\n"}}
+            await send(b, {"type": "signal", "data": answer})
+            assert await recv(a) == {"type": "signal", "data": answer}
+            # The text client is still waiting, and was told nothing more.
+            with pytest.raises(asyncio.TimeoutError):
+                await recv(text, timeout=0.5)  # online counts aside
+            await send(text, {"type": "signal", "data": offer})
+            assert (await recv(text))["code"] == "not_paired"
+            for ws in (text, a, b):
+                await ws.close()
+
+        run_async(scenario())
+
+
 def test_a_report_on_one_process_keeps_the_address_apart_on_the_others(
     redis: RedisServer,
 ) -> None:
