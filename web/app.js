@@ -16,6 +16,17 @@
 // The answers to the person's own messages ("sent", or an "error" carrying
 // an "id") are not about a chat but about a line in the log: they are
 // matched by id, never dropped as stale.
+//
+// Video (camera to camera) goes from browser to browser over WebRTC; the
+// server only pairs video people with video people and relays the
+// signalling ("signal": offers, answers, ICE candidates) within a chat.  The
+// page opens the camera only when the person presses Video (or when the
+// browser already remembers the permission and the person chose video last
+// time), makes one RTCPeerConnection per chat, and closes it the moment the
+// chat ends, whoever ends it.  Errors that answer a "signal" carry no id:
+// not_paired, not_video and too_long without an id can only be theirs (a
+// message always goes with an id, a report is counted apart), and they are
+// not the person's business: the chat they belonged to is over.
 "use strict";
 
 (function () {
@@ -27,6 +38,17 @@
     lost: "Connection lost. Reconnecting…",
     reported: "You reported the stranger. Looking for a stranger…",
   };
+  var VIDEO_STATUS = {
+    looking: "Looking for a stranger with a camera…",
+    reported: "You reported the stranger. Looking for a stranger with a camera…",
+  };
+  var CAMERA_FAILED =
+    "Your camera could not be opened (permission refused or no camera): you are in text mode.";
+  var CAMERA_ENDED = "Your camera stopped: you are in text mode.";
+  var VIDEO_FAILED = "Couldn't connect video with this stranger. Text still works.";
+  var VIDEO_CONNECT_MS = 15000; // a video chat whose video is not up by then has failed
+  var VIDEO_KEY = "roulette.video"; // "1" when the person chose video last time
+  var CAMERA_GUARD_MS = 5000; // on load, wait this long at most for a remembered camera
   var REPORT_REASON = "reported from the page";
   var TYPING_REPEAT_MS = 2000; // send typing:true at most this often
   var TYPING_PAUSE_MS = 3000; // a pause this long sends typing:false
@@ -47,11 +69,17 @@
     message_burst: 10,
     command_rate: 1,
     command_burst: 5,
+    signal_length: 16384,
+    signal_rate: 20,
+    signal_burst: 60,
   };
   var BUDGET_SHARE = 0.8;
   var maxLength = DEFAULT_LIMITS.message_length;
   var messageBudget = underBudget(DEFAULT_LIMITS.message_rate, DEFAULT_LIMITS.message_burst);
   var queueBudget = underBudget(DEFAULT_LIMITS.command_rate, DEFAULT_LIMITS.command_burst);
+  var signalLength = DEFAULT_LIMITS.signal_length;
+  var signalBudget = underBudget(DEFAULT_LIMITS.signal_rate, DEFAULT_LIMITS.signal_burst);
+  var signalDelay = 1000 / (DEFAULT_LIMITS.signal_rate * BUDGET_SHARE); // ms per token
   // Why the server refused a message, as the line in the log says it.
   var REFUSALS = {
     too_long: "too long",
@@ -78,6 +106,17 @@
   var saveBtn = document.getElementById("save");
   var reportBtn = document.getElementById("report");
   var sendBtn = document.getElementById("send");
+  var chatEl = document.getElementById("chat");
+  var stageEl = document.getElementById("stage");
+  var remoteEl = document.getElementById("remote");
+  var localEl = document.getElementById("local");
+  var videoNoteEl = document.getElementById("video-note-text");
+  var videoNextBtn = document.getElementById("video-next");
+  var unmuteBtn = document.getElementById("unmute");
+  var videoBtn = document.getElementById("video");
+  var micBtn = document.getElementById("mic");
+  var cameraBtn = document.getElementById("camera");
+  var placeholderEl = document.getElementById("placeholder");
 
   var baseTitle = document.title;
 
@@ -110,12 +149,30 @@
   var unconfirmed = {}; // id -> the line of a message not yet answered
   var limitsKnown = false; // this connection's first "online" has come
 
+  // Video.  videoMode is what the person chose (Video pressed: the camera is
+  // on and the page looks for strangers with a camera); socketVideo is the
+  // mode the server has for this connection, as the page last told it.
+  var videoMode = false;
+  var socketVideo = false;
+  var localStream = null;
+  var cameraPending = false; // getUserMedia asked, not answered yet
+  var micMuted = false;
+  var cameraPaused = false;
+  // "video" was sent while looking: the server may have paired the person in
+  // the queue it was leaving just before, and the next "paired" tells.
+  var switchPending = false;
+  var modeTimer = 0; // retries telling the server the mode, budget allowing
+  var peer = null; // this chat's RTCPeerConnection and what goes with it (startPeer)
+  var videoTimer = 0;
+  var signalQueue = []; // frames waiting for the signal budget
+  var signalTimer = 0;
+
   // -- the connection ------------------------------------------------------
 
   function socketUrl() {
     var url = new URL("ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    url.search = "";
+    url.search = videoMode ? "?video=1" : "";
     url.hash = "";
     return url.href;
   }
@@ -134,6 +191,7 @@
       return;
     }
     ws = sock;
+    var sockVideo = videoMode; // the address says it
     var heard = false;
     limitsKnown = false; // this server's first "online" says them
     sock.addEventListener("open", function () {
@@ -153,6 +211,10 @@
         stopped = false;
         phase = "looking";
       }
+      socketVideo = sockVideo;
+      switchPending = false;
+      // Video was turned on or off while this connection was on its way.
+      if (videoMode !== socketVideo) tellMode();
       render();
     });
     sock.addEventListener("message", function (ev) {
@@ -178,6 +240,7 @@
       lost = true;
       reportUnanswered = false;
       onlineEl.textContent = "";
+      closePeer();
       abandonUnconfirmed();
       disarmEsc();
       disarmReport();
@@ -303,6 +366,10 @@
           reportRefused();
           return;
         }
+        if (event.code === "not_paired" || event.code === "not_video" || event.code === "too_long") {
+          // A signal for a chat that has just ended (see the top).
+          return;
+        }
         showNotice(
           typeof event.message === "string" && event.message
             ? event.message
@@ -336,10 +403,29 @@
     if (pendingWaits > 0 || stopped) return; // about a chat already left
     switch (event.type) {
       case "paired":
+        var isVideo = event.video === true;
+        if (switchPending) {
+          switchPending = false;
+          // Paired in the queue the person was leaving: look again, in the
+          // mode they chose.
+          if (isVideo !== videoMode && queueBudget()) {
+            sendNext();
+            return;
+          }
+        }
         reported = false;
+        closePeer();
         clearLog();
         clearNotice();
         setPhase("chatting");
+        if (isVideo && videoMode && localStream) {
+          startPeer(event.offer === true, event.ice_servers);
+        }
+        break;
+      case "signal":
+        if (phase === "chatting" && peer && event.data && typeof event.data === "object") {
+          onSignal(peer, event.data);
+        }
         break;
       case "message":
         if (phase === "chatting" && typeof event.text === "string") {
@@ -402,6 +488,11 @@
     disarmEsc();
     disarmReport();
     if (!spendQueueBudget()) return;
+    sendNext();
+  }
+
+  // Next, its budget already spent.
+  function sendNext() {
     if (phase === "chatting") stopTypingSignal();
     if (!transmit({ type: "next" })) return;
     lastQueueCommandAt = Date.now();
@@ -589,6 +680,439 @@
     }, 60000);
   }
 
+  // -- video -------------------------------------------------------------------
+
+  // The Video button: turn the camera on and look for strangers with one,
+  // or turn it off and go back to text.
+  function toggleVideo() {
+    if (cameraPending) return;
+    if (videoMode) {
+      stopCamera();
+      saveVideoChoice(false);
+      tellMode();
+      render();
+      return;
+    }
+    cameraPending = true;
+    clearNotice();
+    render();
+    openCamera(true).then(function (stream) {
+      cameraPending = false;
+      if (!stream) {
+        saveVideoChoice(false);
+        showNotice(CAMERA_FAILED);
+        render();
+        return;
+      }
+      useCamera(stream);
+      saveVideoChoice(true);
+      tellMode();
+      render();
+    });
+  }
+
+  // The camera (and the microphone, where there is one), or null if the
+  // browser or the person refuses, or there is no camera.
+  function openCamera(withMicrophone) {
+    var media = navigator.mediaDevices;
+    if (!media || typeof media.getUserMedia !== "function") return Promise.resolve(null);
+    return media
+      .getUserMedia({ video: true, audio: withMicrophone })
+      .catch(function (err) {
+        var name = err && err.name;
+        if (withMicrophone && (name === "NotFoundError" || name === "NotReadableError")) {
+          // No microphone (or a busy one): the camera alone will do.
+          return media.getUserMedia({ video: true });
+        }
+        throw err;
+      })
+      .catch(function () {
+        return null;
+      });
+  }
+
+  function useCamera(stream) {
+    localStream = stream;
+    videoMode = true;
+    micMuted = false;
+    cameraPaused = false;
+    localEl.srcObject = stream;
+    playQuietly(localEl);
+    stream.getVideoTracks().forEach(function (track) {
+      track.addEventListener("ended", function () {
+        // Unplugged, or taken away by the browser.
+        if (localStream !== stream) return;
+        stopCamera();
+        showNotice(CAMERA_ENDED);
+        tellMode();
+        render();
+      });
+    });
+  }
+
+  function stopCamera() {
+    closePeer();
+    if (localStream) stopTracks(localStream);
+    localStream = null;
+    localEl.srcObject = null;
+    videoMode = false;
+    micMuted = false;
+    cameraPaused = false;
+  }
+
+  // Tell the server the mode the person chose, and find a stranger of that
+  // kind: "video", then "next" if the person was in a chat or idle (a waiting
+  // person is moved to the other queue at once).  Over the command budget,
+  // try again a little later; a new connection says it in its address.
+  function tellMode() {
+    clearTimeout(modeTimer);
+    modeTimer = 0;
+    if (!connected || videoMode === socketVideo) return;
+    var thenNext = phase === "chatting" || isIdle();
+    if (!queueBudget(thenNext ? 2 : 1)) {
+      modeTimer = setTimeout(tellMode, 1000);
+      return;
+    }
+    if (!transmit({ type: "video", on: videoMode })) return;
+    socketVideo = videoMode;
+    lastQueueCommandAt = Date.now();
+    if (thenNext) {
+      disarmEsc();
+      disarmReport();
+      sendNext();
+    } else {
+      switchPending = true;
+    }
+  }
+
+  function toggleMicrophone() {
+    micMuted = !micMuted;
+    applyTrackStates();
+    render();
+  }
+
+  function toggleCamera() {
+    cameraPaused = !cameraPaused;
+    applyTrackStates();
+    render();
+  }
+
+  function applyTrackStates() {
+    if (!localStream) return;
+    localStream.getAudioTracks().forEach(function (track) {
+      track.enabled = !micMuted;
+    });
+    localStream.getVideoTracks().forEach(function (track) {
+      track.enabled = !cameraPaused;
+    });
+  }
+
+  // A video chat has begun: one side offers, the other answers.
+  function startPeer(offer, iceServers) {
+    closePeer();
+    var pc;
+    try {
+      pc = new RTCPeerConnection({ iceServers: cleanIceServers(iceServers) });
+    } catch (err) {
+      videoFailed();
+      return;
+    }
+    var p = {
+      pc: pc,
+      offer: offer,
+      stream: null,
+      candidates: [],
+      chain: Promise.resolve(),
+      connected: false,
+    };
+    peer = p;
+    localStream.getTracks().forEach(function (track) {
+      pc.addTrack(track, localStream);
+    });
+    pc.addEventListener("icecandidate", function (ev) {
+      if (peer === p && ev.candidate) queueSignal({ candidate: ev.candidate.toJSON() });
+    });
+    pc.addEventListener("track", function (ev) {
+      if (peer !== p) return;
+      if (ev.streams && ev.streams[0]) {
+        p.stream = ev.streams[0];
+      } else {
+        if (!p.stream) p.stream = new MediaStream();
+        p.stream.addTrack(ev.track);
+      }
+      showRemote(p.stream);
+    });
+    pc.addEventListener("iceconnectionstatechange", function () {
+      if (peer !== p) return;
+      var state = pc.iceConnectionState;
+      if (state === "connected" || state === "completed") {
+        p.connected = true;
+        clearTimeout(videoTimer);
+        videoTimer = 0;
+        hideVideoNote();
+        if (p.stream) showRemote(p.stream);
+        render();
+      } else if (state === "failed") {
+        videoFailed();
+      }
+    });
+    videoTimer = setTimeout(function () {
+      videoTimer = 0;
+      if (peer === p && !p.connected) videoFailed();
+    }, VIDEO_CONNECT_MS);
+    if (offer) {
+      pc.createOffer()
+        .then(function (description) {
+          return pc.setLocalDescription(description);
+        })
+        .then(function () {
+          if (peer === p) queueSignal({ description: pc.localDescription.toJSON() });
+        })
+        .catch(function () {
+          if (peer === p) videoFailed();
+        });
+    }
+    render();
+  }
+
+  // The partner's signalling, one at a time and in order.
+  function onSignal(p, data) {
+    p.chain = p.chain
+      .then(function () {
+        if (peer !== p) return null;
+        var pc = p.pc;
+        var description = data.description;
+        if (description && typeof description === "object") {
+          var wanted = p.offer ? "answer" : "offer";
+          if (description.type !== wanted || pc.remoteDescription) return null;
+          return pc.setRemoteDescription(description).then(function () {
+            if (peer !== p) return null;
+            var early = p.candidates;
+            p.candidates = [];
+            early.forEach(function (candidate) {
+              pc.addIceCandidate(candidate).catch(ignore);
+            });
+            if (description.type !== "offer") return null;
+            return pc
+              .createAnswer()
+              .then(function (answer) {
+                return pc.setLocalDescription(answer);
+              })
+              .then(function () {
+                if (peer === p) queueSignal({ description: pc.localDescription.toJSON() });
+              });
+          });
+        }
+        var candidate = data.candidate;
+        if (candidate && typeof candidate === "object") {
+          // Candidates may come before the offer they belong to is set.
+          if (!pc.remoteDescription) p.candidates.push(candidate);
+          else return pc.addIceCandidate(candidate).catch(ignore);
+        }
+        return null;
+      })
+      .catch(function () {
+        if (peer === p) videoFailed();
+      });
+  }
+
+  // The server's list, as RTCPeerConnection takes it: anything else left out.
+  function cleanIceServers(given) {
+    if (!Array.isArray(given)) return [];
+    var servers = [];
+    given.forEach(function (server) {
+      if (!server || typeof server !== "object") return;
+      var urls = typeof server.urls === "string" ? [server.urls] : server.urls;
+      if (!Array.isArray(urls)) return;
+      urls = urls.filter(function (url) {
+        return typeof url === "string" && /^(stuns?|turns?):/i.test(url);
+      });
+      if (!urls.length) return;
+      var clean = { urls: urls };
+      if (typeof server.username === "string") clean.username = server.username;
+      if (typeof server.credential === "string") clean.credential = server.credential;
+      servers.push(clean);
+    });
+    return servers;
+  }
+
+  // Signalling keeps within the server's signal budget: what is over it
+  // waits here, and goes as the budget refills.
+  function queueSignal(data) {
+    var frame = JSON.stringify({ type: "signal", data: data });
+    if (utf8Length(frame) > signalLength) return; // the server would refuse it
+    signalQueue.push(frame);
+    if (!signalTimer) flushSignals();
+  }
+
+  function flushSignals() {
+    signalTimer = 0;
+    while (signalQueue.length) {
+      if (!peer || phase !== "chatting" || !ws || ws.readyState !== WebSocket.OPEN) {
+        signalQueue = [];
+        return;
+      }
+      if (!signalBudget()) {
+        signalTimer = setTimeout(flushSignals, signalDelay);
+        return;
+      }
+      ws.send(signalQueue.shift());
+    }
+  }
+
+  // The chat is over (or was never a video chat): close its connection and
+  // take the stranger's picture away at once.
+  function closePeer() {
+    clearTimeout(videoTimer);
+    videoTimer = 0;
+    clearTimeout(signalTimer);
+    signalTimer = 0;
+    signalQueue = [];
+    if (peer) {
+      var pc = peer.pc;
+      peer = null;
+      try {
+        pc.close();
+      } catch (err) {
+        // Already closed.
+      }
+    }
+    remoteEl.pause();
+    remoteEl.srcObject = null;
+    remoteEl.hidden = true;
+    remoteEl.muted = false;
+    unmuteBtn.hidden = true;
+    hideVideoNote();
+  }
+
+  function showRemote(stream) {
+    if (remoteEl.srcObject !== stream) remoteEl.srcObject = stream;
+    remoteEl.hidden = false;
+    var playing = remoteEl.play();
+    if (playing && typeof playing.catch === "function") {
+      playing.catch(function (err) {
+        if (remoteEl.srcObject !== stream || !err || err.name !== "NotAllowedError") return;
+        // The browser wants a click before it plays sound: play the picture
+        // now, and the sound after that click.
+        remoteEl.muted = true;
+        unmuteBtn.hidden = false;
+        playQuietly(remoteEl);
+      });
+    }
+  }
+
+  function unmuteStranger() {
+    remoteEl.muted = false;
+    unmuteBtn.hidden = true;
+    playQuietly(remoteEl);
+    if (document.activeElement === document.body) box.focus();
+  }
+
+  function videoFailed() {
+    clearTimeout(videoTimer);
+    videoTimer = 0;
+    if (phase !== "chatting") return;
+    remoteEl.hidden = true;
+    videoNoteEl.textContent = VIDEO_FAILED;
+    videoNextBtn.hidden = false;
+    render();
+  }
+
+  function hideVideoNote() {
+    var hadFocus = document.activeElement === videoNextBtn;
+    videoNoteEl.textContent = "";
+    videoNextBtn.hidden = true;
+    if (hadFocus) (nextBtn.disabled ? logEl : nextBtn).focus();
+  }
+
+  function stopTracks(stream) {
+    stream.getTracks().forEach(function (track) {
+      track.stop();
+    });
+  }
+
+  function playQuietly(element) {
+    var playing = element.play();
+    if (playing && typeof playing.catch === "function") playing.catch(ignore);
+  }
+
+  function ignore() {}
+
+  function utf8Length(text) {
+    return new TextEncoder().encode(text).length;
+  }
+
+  function saveVideoChoice(on) {
+    try {
+      if (on) localStorage.setItem(VIDEO_KEY, "1");
+      else localStorage.removeItem(VIDEO_KEY);
+    } catch (err) {
+      // Storage may be unavailable: the choice lasts as long as the page.
+    }
+  }
+
+  function choseVideo() {
+    try {
+      return localStorage.getItem(VIDEO_KEY) === "1";
+    } catch (err) {
+      return false;
+    }
+  }
+
+  // Whether the browser already lets this page use the camera (or the
+  // microphone), without asking: only then is it opened on load.
+  function permitted(name) {
+    var permissions = navigator.permissions;
+    if (!permissions || typeof permissions.query !== "function") return Promise.resolve(false);
+    try {
+      return permissions
+        .query({ name: name })
+        .then(function (status) {
+          return status.state === "granted";
+        })
+        .catch(function () {
+          return false;
+        });
+    } catch (err) {
+      return Promise.resolve(false);
+    }
+  }
+
+  // On load: video again if the person chose it last time and the browser
+  // remembers the permission; then connect, in the mode that came of it.
+  function restoreVideo(then) {
+    if (!choseVideo()) {
+      then();
+      return;
+    }
+    var done = false;
+    function finish() {
+      if (done) return;
+      done = true;
+      then();
+    }
+    var guard = setTimeout(finish, CAMERA_GUARD_MS);
+    cameraPending = true; // the Video button waits for this
+    render();
+    permitted("camera")
+      .then(function (camera) {
+        if (!camera) return false;
+        return permitted("microphone").then(openCamera);
+      })
+      .then(function (stream) {
+        clearTimeout(guard);
+        cameraPending = false;
+        if (stream) {
+          useCamera(stream);
+          tellMode(); // if the connection went ahead without it
+        } else if (stream === null) {
+          showNotice(CAMERA_FAILED);
+        }
+        render();
+        finish();
+      });
+  }
+
   // -- the view --------------------------------------------------------------
 
   function isIdle() {
@@ -602,6 +1126,7 @@
       disarmReport();
     }
     if (value !== "looking") reported = false;
+    if (value !== "chatting") closePeer();
     phase = value;
     render();
   }
@@ -611,7 +1136,8 @@
     var status;
     if (banned) status = banStatus();
     else if (!connected && lost) status = STATUS.lost;
-    else if (phase === "looking" && reported) status = STATUS.reported;
+    else if (phase === "looking" && reported) status = (videoMode ? VIDEO_STATUS : STATUS).reported;
+    else if (phase === "looking" && videoMode) status = VIDEO_STATUS.looking;
     else status = STATUS[phase];
     if (statusEl.textContent !== status) statusEl.textContent = status;
 
@@ -637,6 +1163,28 @@
       "data-state",
       banned ? "banned" : connected ? phase : "offline"
     );
+
+    setAttribute(videoBtn, "aria-pressed", String(videoMode));
+    // Not disabled while the camera is being opened: that would take the
+    // keyboard's focus away from it.
+    setAttribute(videoBtn, "aria-disabled", String(cameraPending));
+    setAttribute(micBtn, "aria-pressed", String(micMuted));
+    setAttribute(cameraBtn, "aria-pressed", String(cameraPaused));
+    if (stageEl.hidden !== !videoMode) {
+      stageEl.hidden = !videoMode;
+      chatEl.classList.toggle("video", videoMode);
+    }
+    var waitingFor = "";
+    if (videoMode && connected && !banned && !videoNoteEl.textContent) {
+      if (phase === "looking") waitingFor = VIDEO_STATUS.looking;
+      else if (phase === "chatting" && peer) waitingFor = "Connecting video…";
+    }
+    if (placeholderEl.textContent !== waitingFor) placeholderEl.textContent = waitingFor;
+  }
+
+  // Only a change is written: render() runs on every event.
+  function setAttribute(element, name, value) {
+    if (element.getAttribute(name) !== value) element.setAttribute(name, value);
   }
 
   function addLine(who, text) {
@@ -763,6 +1311,9 @@
     maxLength = Math.floor(pick("message_length"));
     messageBudget = underBudget(pick("message_rate"), pick("message_burst"));
     queueBudget = underBudget(pick("command_rate"), pick("command_burst"));
+    signalLength = Math.floor(pick("signal_length"));
+    signalBudget = underBudget(pick("signal_rate"), pick("signal_burst"));
+    signalDelay = 1000 / (pick("signal_rate") * BUDGET_SHARE);
     updateCounter();
   }
 
@@ -772,15 +1323,17 @@
   }
 
   // A token bucket: refill tokens a second, at most burst of them saved up.
+  // take(n) spends n tokens (one by default), or none if there are fewer.
   function bucket(refill, burst) {
     var tokens = burst;
     var last = Date.now();
-    return function take() {
+    return function take(n) {
+      var cost = n || 1;
       var now = Date.now();
       tokens = Math.min(burst, tokens + ((now - last) / 1000) * refill);
       last = now;
-      if (tokens < 1) return false;
-      tokens -= 1;
+      if (tokens < cost) return false;
+      tokens -= cost;
       return true;
     };
   }
@@ -841,6 +1394,11 @@
   stopBtn.addEventListener("click", stop);
   saveBtn.addEventListener("click", saveLog);
   reportBtn.addEventListener("click", report);
+  videoBtn.addEventListener("click", toggleVideo);
+  micBtn.addEventListener("click", toggleMicrophone);
+  cameraBtn.addEventListener("click", toggleCamera);
+  videoNextBtn.addEventListener("click", next);
+  unmuteBtn.addEventListener("click", unmuteStranger);
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("visibilitychange", onVisibilityChange);
   window.addEventListener("online", function () {
@@ -852,5 +1410,5 @@
   });
 
   render();
-  connect();
+  restoreVideo(connect);
 })();
