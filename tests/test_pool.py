@@ -735,7 +735,7 @@ def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> N
     from support import RunningServer, run_async
     from test_e2e import recv, send
 
-    url = redis.url.rsplit("/", 1)[0] + "/2"  # a database of this test's own
+    url = redis.url.rsplit("/", 1)[0] + "/7"  # a database of this test's own
     with (
         RunningServer(None, "--redis", url, "--repair-cooldown", "0") as one,
         RunningServer(
