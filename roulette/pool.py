@@ -790,13 +790,7 @@ class RedisMatchmaker(Service):
             ):
                 peer = self._peers.get(client)
                 if peer is not None and int(gen) >= self._gen[client]:
-                    self._partner[client] = partner
-                    self._status[client] = "p"
-                    self._said.discard(client)
-                    if offer:
-                        self._offers.add(client)
-                    else:
-                        self._offers.discard(client)
+                    self._note_paired(client, partner, offer)
                     told.append((peer, offer))
             for peer, offer in told:
                 peer.send_paired(offer)
@@ -819,7 +813,7 @@ class RedisMatchmaker(Service):
         elif kind == "S":
             self._sync(client, peer, fields[2], fields[3] == "1", fields[4] == "1")
 
-    def _paired(self, client: str, peer: Peer, partner: str, offer: bool) -> None:
+    def _note_paired(self, client: str, partner: str, offer: bool) -> None:
         self._partner[client] = partner
         self._status[client] = "p"
         self._said.discard(client)
@@ -827,6 +821,9 @@ class RedisMatchmaker(Service):
             self._offers.add(client)
         else:
             self._offers.discard(client)
+
+    def _paired(self, client: str, peer: Peer, partner: str, offer: bool) -> None:
+        self._note_paired(client, partner, offer)
         peer.send_paired(offer)
 
     def _left(self, client: str, peer: Peer) -> None:

@@ -112,11 +112,11 @@ class RouletteProtocol(WebSocketServerProtocol):
     when_open: Callable[[], None] | None = None
     _joined = False
     #: Video mode: what the client asked for (``/ws?video=1``, the ``video``
-    #: command), what it was when the client last joined the queue, and
-    #: whether its chat now is a video chat (it joined in video mode).
+    #: command), and what it was when the client last joined the queue, which
+    #: is also whether its chat, while it has one, is a video chat: only
+    #: joining the queue again (which ends a chat) changes it.
     _video = False
     _queued_video = False
-    _chat_video = False
     #: Whether the client is idle (after stop or partner_left): neither
     #: waiting nor paired, as the commands it sent and the events it was sent say.
     _idle = False
@@ -474,7 +474,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise wire.CommandError(
                             wire.NOT_PAIRED, "You have no partner to send a signal to."
                         )
-                    if not self._chat_video:
+                    if not self._queued_video:
                         raise wire.CommandError(
                             wire.NOT_VIDEO, "This is not a video chat: signals are not relayed."
                         )
@@ -603,8 +603,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._paired = True
         log.info("client {address} paired", address=self.address)
         # Both joined one queue: the video one, if this one did.
-        self._chat_video = video = self._queued_video
-        if video:
+        if self._queued_video:
             self.send_event(wire.encode_paired_video(offer, self.factory.ice_servers()))
         else:
             self.send_event(wire.PAIRED)
