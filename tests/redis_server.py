@@ -6,7 +6,6 @@ CI (``CI=true``), where they fail."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -14,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port
-
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+from support import IN_CI, free_port
 
 
 def redis_server_path() -> str:

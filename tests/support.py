@@ -28,6 +28,11 @@ from cryptography.x509.oid import NameOID
 
 T = TypeVar("T")
 
+#: Whether the tests run under CI (``CI=true``), where a test that needs
+#: something missing (redis-server, Chromium, a network namespace) fails
+#: instead of skipping.
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
 #: The twistd installed beside the Python running the tests (a venv's bin/).
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 

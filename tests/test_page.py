@@ -23,20 +23,15 @@ from pathlib import Path
 
 import pytest
 import websockets.sync.client
-from support import RunningServer, free_port, wait_until
-
-CHROMIUM = "/usr/bin/chromium"
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+from browser import CHROMIUM, CHROMIUM_ARGS, Tab
+from support import IN_CI, RunningServer, free_port, wait_until
 
 if not Path(CHROMIUM).exists() and not IN_CI:
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-from axe_playwright_python.sync_playwright import Axe  # noqa: E402
-from playwright.sync_api import (  # noqa: E402
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import (
     Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Dialog,
     Locator,
     Page,
     Request,
@@ -65,20 +60,11 @@ SERVER_MAX_LENGTH = 500
 expect.set_options(timeout=10_000)
 
 
-class Chat:
-    """One person's tab, and what it has seen go wrong."""
+class Chat(Tab):
+    """One person's tab in a text chat."""
 
-    def __init__(self, context: BrowserContext, base_url: str) -> None:
-        self.context = context
-        self.base_url = base_url
-        self.problems: list[str] = []
-        self.dialogs: list[str] = []
-        self.page = context.new_page()
-        self.page.on("dialog", self._on_dialog)
-        self.page.on("console", self._on_console)
-        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+    def watch(self) -> None:
         self.page.on("requestfailed", self._on_request_failed)
-        self.response = self.page.goto(base_url + "/")
 
     def _on_request_failed(self, request: Request) -> None:
         # The WebSocket is watched by the tests themselves, and a reload
@@ -87,32 +73,7 @@ class Chat:
             return
         self.problems.append(f"request failed: {request.url} ({request.failure})")
 
-    def _on_dialog(self, dialog: Dialog) -> None:
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def _on_console(self, message: ConsoleMessage) -> None:
-        # A refused WebSocket connection is logged while the server is away.
-        if message.type == "error" and not message.text.startswith("WebSocket connection to"):
-            self.problems.append(f"console error: {message.text}")
-
     # -- what a person sees ------------------------------------------------
-
-    @property
-    def status(self) -> Locator:
-        return self.page.get_by_role("status")
-
-    @property
-    def log(self) -> Locator:
-        return self.page.get_by_role("log")
-
-    @property
-    def lines(self) -> Locator:
-        return self.log.locator("p")
-
-    @property
-    def box(self) -> Locator:
-        return self.page.get_by_role("textbox", name="Message")
 
     @property
     def typing(self) -> Locator:
@@ -122,18 +83,7 @@ class Chat:
     def online(self) -> Locator:
         return self.page.get_by_text(re.compile(r"^\d+ online$"))
 
-    @property
-    def notice(self) -> Locator:
-        return self.page.locator("#notice")
-
-    def button(self, name: str) -> Locator:
-        return self.page.get_by_role("button", name=name, exact=True)
-
     # -- what a person does ------------------------------------------------
-
-    def say(self, text: str) -> None:
-        self.box.fill(text)
-        self.box.press("Enter")
 
     def say_at_once(self, *texts: str) -> None:
         """Send several messages faster than anyone types: each is put in the
@@ -187,14 +137,7 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         yield browser
         browser.close()

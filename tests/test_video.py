@@ -28,10 +28,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import RunningServer, free_port, wait_until
+from browser import CHROMIUM, CHROMIUM_ARGS, Tab
+from support import IN_CI, RunningServer, free_port, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 #: Set in the run inside the network namespace.
 IN_NETNS = os.environ.get("ROULETTE_IN_NETNS") == "1"
 
@@ -166,9 +165,6 @@ if IN_NETNS:
     from axe_playwright_python.sync_playwright import Axe
     from playwright.sync_api import (
         Browser,
-        BrowserContext,
-        ConsoleMessage,
-        Dialog,
         Locator,
         expect,
         sync_playwright,
@@ -176,45 +172,8 @@ if IN_NETNS:
 
     expect.set_options(timeout=10_000)
 
-    class Tab:
-        """One person's tab, and what it has seen go wrong."""
-
-        def __init__(
-            self, context: BrowserContext, base_url: str, init_script: str | None = None
-        ) -> None:
-            self.context = context
-            self.problems: list[str] = []
-            self.page = context.new_page()
-            if init_script:
-                self.page.add_init_script(init_script)
-            self.page.on("dialog", self._on_dialog)
-            self.page.on("console", self._on_console)
-            self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-            self.page.goto(base_url + "/")
-
-        def _on_dialog(self, dialog: Dialog) -> None:
-            self.problems.append(f"dialog: {dialog.type}: {dialog.message}")
-            dialog.dismiss()
-
-        def _on_console(self, message: ConsoleMessage) -> None:
-            if message.type == "error" and not message.text.startswith("WebSocket connection to"):
-                self.problems.append(f"console error: {message.text}")
-
-        @property
-        def status(self) -> Locator:
-            return self.page.get_by_role("status")
-
-        @property
-        def lines(self) -> Locator:
-            return self.page.get_by_role("log").locator("p")
-
-        @property
-        def box(self) -> Locator:
-            return self.page.get_by_role("textbox", name="Message")
-
-        @property
-        def notice(self) -> Locator:
-            return self.page.locator("#notice")
+    class VideoTab(Tab):
+        """One person's tab, with its camera."""
 
         @property
         def stranger(self) -> Locator:
@@ -225,13 +184,6 @@ if IN_NETNS:
         def own(self) -> Locator:
             """The person's own picture."""
             return self.page.get_by_label("Your camera", exact=True)
-
-        def button(self, name: str) -> Locator:
-            return self.page.get_by_role("button", name=name, exact=True)
-
-        def say(self, text: str) -> None:
-            self.box.fill(text)
-            self.box.press("Enter")
 
         def turn_video_on(self) -> None:
             self.button("Video").click()
@@ -262,7 +214,7 @@ if IN_NETNS:
         expect(video).to_be_hidden(timeout=2_000)
         assert video.evaluate("v => v.srcObject") is None
 
-    def in_video_chat(alice: Tab, bob: Tab) -> None:
+    def in_video_chat(alice: VideoTab, bob: VideoTab) -> None:
         """Both are paired and each sees the other's camera."""
         for tab in (alice, bob):
             expect(tab.status).to_have_text(CHATTING)
@@ -278,12 +230,7 @@ if IN_NETNS:
                 executable_path=CHROMIUM,
                 headless=True,
                 args=[
-                    "--no-sandbox",
-                    "--disable-background-networking",
-                    "--disable-gpu",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
+                    *CHROMIUM_ARGS,
                     # The camera and microphone: a test pattern and a beep,
                     # allowed without asking.
                     "--use-fake-ui-for-media-stream",
@@ -309,7 +256,7 @@ if IN_NETNS:
         yield running
         running.close()
 
-    OpenTab = Callable[..., Tab]
+    OpenTab = Callable[..., VideoTab]
 
     @pytest.fixture
     def open_tab(browser: Browser, server: RunningServer) -> Iterator[OpenTab]:
@@ -318,15 +265,15 @@ if IN_NETNS:
         After the test every tab is closed, the test fails if any of them saw
         a dialog or an error, and the server is left with nobody online.
         """
-        tabs: list[Tab] = []
+        tabs: list[VideoTab] = []
 
         def open_one(
             init_script: str | None = None,
             on: RunningServer | None = None,
             **context_options: object,
-        ) -> Tab:
+        ) -> VideoTab:
             context = browser.new_context(**context_options)
-            tab = Tab(context, (on or server).http_url, init_script)
+            tab = VideoTab(context, (on or server).http_url, init_script)
             tabs.append(tab)
             return tab
 
@@ -335,6 +282,7 @@ if IN_NETNS:
         for tab in tabs:
             tab.context.close()
         wait_until(lambda: server.health()["online"] == 0)
+        assert [d for tab in tabs for d in tab.dialogs] == [], "the page opened a dialog"
         assert [p for tab in tabs for p in tab.problems] == []
 
 

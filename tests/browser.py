@@ -1,0 +1,82 @@
+"""What the browser tests share: Debian's Chromium, how it is launched, and a
+person's tab as the tests look at it (``test_page.py``, ``test_video.py``)."""
+
+from __future__ import annotations
+
+from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Locator
+
+CHROMIUM = "/usr/bin/chromium"
+
+#: Headless Chromium with nothing of its own going on in the background.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+class Tab:
+    """One person's tab, and what it has seen go wrong: ``dialogs`` opened,
+    and ``problems`` (script errors, console errors)."""
+
+    def __init__(
+        self, context: BrowserContext, base_url: str, init_script: str | None = None
+    ) -> None:
+        self.context = context
+        self.base_url = base_url
+        self.problems: list[str] = []
+        self.dialogs: list[str] = []
+        self.page = context.new_page()
+        if init_script:
+            self.page.add_init_script(init_script)
+        self.page.on("dialog", self._on_dialog)
+        self.page.on("console", self._on_console)
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.watch()
+        self.response = self.page.goto(base_url + "/")
+
+    def watch(self) -> None:
+        """Watch the page for more, before it loads (for subclasses)."""
+
+    def _on_dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        # A refused WebSocket connection is logged while the server is away.
+        if message.type == "error" and not message.text.startswith("WebSocket connection to"):
+            self.problems.append(f"console error: {message.text}")
+
+    # -- what a person sees ------------------------------------------------
+
+    @property
+    def status(self) -> Locator:
+        return self.page.get_by_role("status")
+
+    @property
+    def log(self) -> Locator:
+        return self.page.get_by_role("log")
+
+    @property
+    def lines(self) -> Locator:
+        return self.log.locator("p")
+
+    @property
+    def box(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message")
+
+    @property
+    def notice(self) -> Locator:
+        return self.page.locator("#notice")
+
+    def button(self, name: str) -> Locator:
+        return self.page.get_by_role("button", name=name, exact=True)
+
+    # -- what a person does ------------------------------------------------
+
+    def say(self, text: str) -> None:
+        self.box.fill(text)
+        self.box.press("Enter")
