@@ -31,11 +31,18 @@ Pairing rules (see ``docs/protocol.md``):
   chat, ``"video"`` for video), and clients of two queues never meet.
 * Of two clients paired, exactly one is told to make the offer (for a video
   chat's WebRTC connection): the one that was waiting.
+* Interests: a client may name a few; it then meets, at once, a waiting
+  client who shares one (chosen uniformly among those).  When none does, it
+  waits up to ``interest_wait`` seconds for one; after that, or when it has
+  no interests, it is *open*: it meets any open waiting client.  Two waiting
+  clients who share an interest, or who are both open, "may meet now".
 * Two clients whose chat ended less than ``cooldown`` seconds ago are not
   eligible for each other; two identities (addresses) one of which reported
-  the other are never eligible for each other again.  When such a cooldown runs out while both still
-  wait, they must be paired at that moment: :meth:`Matchmaker.next_deadline`
-  tells the caller when to call :meth:`Matchmaker.advance`.
+  the other are never eligible for each other again.  When such a cooldown
+  runs out while both still wait, or a client's interest wait runs out, the
+  clients who may then meet must be paired at that moment:
+  :meth:`Matchmaker.next_deadline` tells the caller when to call
+  :meth:`Matchmaker.advance`.
 * A relayed event goes to the sender's partner at the moment it is handled,
   and to nobody else.
 """
@@ -45,7 +52,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -63,9 +70,10 @@ class Peer(Protocol):
     def send_waiting(self) -> None:
         """You are in the queue."""
 
-    def send_paired(self, offer: bool = False) -> None:
+    def send_paired(self, offer: bool = False, common: Sequence[str] = ()) -> None:
         """You have a partner; ``offer``: you are the one of the two to make
-        the offer (exactly one of them is)."""
+        the offer (exactly one of them is); ``common``: the interests the two
+        share, in code point order (empty after a fallback to anyone)."""
 
     def send_partner_left(self) -> None:
         """Your chat ended; you are idle."""
@@ -103,8 +111,14 @@ class ReportedChat:
 class Matchmaker(Protocol):
     """What a transport calls.  Every method is keyed by the :class:`Peer`."""
 
-    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
-        """A new client arrived: it joins ``queue`` at once.
+    def connect(
+        self,
+        peer: Peer,
+        identity: Hashable | None = None,
+        queue: str = "",
+        interests: Sequence[str] = (),
+    ) -> None:
+        """A new client arrived: it joins ``queue`` at once, with ``interests``.
 
         ``identity`` names where it comes from (a hashed address); two
         identities one of which reported the other are never paired again.
@@ -114,6 +128,11 @@ class Matchmaker(Protocol):
         """The queue the peer joins from now on, the next time it joins one
         (:meth:`next`, :meth:`report`): its chat, or its place in a queue,
         is left as it is."""
+
+    def set_interests(self, peer: Peer, interests: Sequence[str]) -> None:
+        """The peer's interests (normalised, each once) from the next time it
+        joins a queue; a waiting peer joins its queue again at once with
+        them, its interest wait starting again.  A chat is left as it is."""
 
     def next(self, peer: Peer) -> None:
         """End the peer's chat (its partner is told) or leave the queue, then queue again."""
@@ -147,7 +166,8 @@ class Matchmaker(Protocol):
         """The clock time at which :meth:`advance` must run, or ``None``."""
 
     def advance(self) -> None:
-        """Pair the waiting clients whose cooldown has run out by now."""
+        """Pair the waiting clients whose cooldown or interest wait has run
+        out by now."""
 
 
 class AlreadyConnected(Exception):
@@ -161,25 +181,48 @@ class MemoryMatchmaker:
     :param clock: returns the current time in seconds.
     :param cooldown: seconds after a chat ends during which its two clients
         are not paired again.
+    :param interest_wait: seconds a client with interests waits for one who
+        shares one before anyone open will do; 0: interests are ignored.
 
-    Cost: joining the queue is linear in the number of waiting clients.  That
-    number stays tiny, because every two waiting clients must be in cooldown
-    with each other: the queue is never longer than one plus the number of
-    recent partners of any client in it.
+    Cost: the waiting clients are indexed by queue and interest, and by
+    whether they are open.  Joining looks at the waiting clients who share
+    one of the joiner's interests, then (if it is open) at the open ones:
+    each of those groups is small, because every two clients in one of them
+    may meet now unless a cooldown or a report keeps them apart, so it is
+    never larger than one plus the number of recent partners of any client
+    in it.  The queue as a whole (people whose interests nobody shares) may
+    be long; it is never scanned.
     """
 
     def __init__(
-        self, rng: random.Random, clock: Callable[[], float], cooldown: float = 60.0
+        self,
+        rng: random.Random,
+        clock: Callable[[], float],
+        cooldown: float = 60.0,
+        interest_wait: float = 0.0,
     ) -> None:
         if cooldown < 0:
             raise ValueError("cooldown must not be negative")
+        if interest_wait < 0:
+            raise ValueError("interest_wait must not be negative")
         self._rng = rng
         self._clock = clock
         self._cooldown = cooldown
+        self._interest_wait = interest_wait
         self._online: set[Peer] = set()
-        # Each waiting client and the queue it waits in, in arrival order,
-        # which keeps every choice reproducible for a given random source.
+        # Each waiting client and the queue it waits in, in arrival order.
         self._waiting: dict[Peer, str] = {}
+        # The waiting clients of each queue who are open, and those who have
+        # each (queue, interest), in arrival order, which keeps every choice
+        # reproducible for a given random source.
+        self._open: dict[str, dict[Peer, None]] = {}
+        self._by_interest: dict[tuple[str, str], dict[Peer, None]] = {}
+        # Each client's interests (where it has any, and they are on).
+        self._interests: dict[Peer, tuple[str, ...]] = {}
+        # When the interest wait of each waiting client that is not yet open
+        # runs out, and those times in a heap (stale entries are skipped).
+        self._wait_ends: dict[Peer, float] = {}
+        self._wait_timers: list[tuple[float, int, Peer]] = []
         # The queue each client joins next, where it is not the text one ("").
         self._queue: dict[Peer, str] = {}
         self._partner: dict[Peer, Peer] = {}
@@ -200,13 +243,21 @@ class MemoryMatchmaker:
 
     # -- the Matchmaker interface ---------------------------------------
 
-    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
+    def connect(
+        self,
+        peer: Peer,
+        identity: Hashable | None = None,
+        queue: str = "",
+        interests: Sequence[str] = (),
+    ) -> None:
         if peer in self._online:
             raise AlreadyConnected(peer)
         self._online.add(peer)
         self._identity[peer] = identity if identity is not None else cast(Hashable, peer)
         if queue:
             self._queue[peer] = queue
+        if interests and self._interest_wait > 0:
+            self._interests[peer] = tuple(interests)
         self._advance(self._clock())
         self._enqueue(peer)
 
@@ -216,6 +267,18 @@ class MemoryMatchmaker:
             self._queue[peer] = queue
         else:
             self._queue.pop(peer, None)
+
+    def set_interests(self, peer: Peer, interests: Sequence[str]) -> None:
+        self._require_online(peer)
+        now = self._clock()
+        self._advance(now)
+        queue = self._unwait(peer)
+        if interests and self._interest_wait > 0:
+            self._interests[peer] = tuple(interests)
+        else:
+            self._interests.pop(peer, None)
+        if queue is not None:
+            self._place(peer, now, self._queue.get(peer, ""), self._wait_end(peer, now))
 
     def next(self, peer: Peer) -> None:
         self._require_online(peer)
@@ -268,10 +331,11 @@ class MemoryMatchmaker:
             del self._partner[partner]
             self._end_chat(peer, partner)
             partner.send_partner_left()
-        self._waiting.pop(peer, None)
+        self._unwait(peer)
         self._online.discard(peer)
         del self._identity[peer]
         self._queue.pop(peer, None)
+        self._interests.pop(peer, None)
         for other in self._recent.pop(peer, {}):
             others = self._recent[other]
             del others[peer]
@@ -292,7 +356,14 @@ class MemoryMatchmaker:
         blocked = self._blocked
         while blocked and not self._still_blocked(blocked[0]):
             heapq.heappop(blocked)
-        return blocked[0][0] if blocked else None
+        timers = self._wait_timers
+        while timers and not self._still_timed(timers[0]):
+            heapq.heappop(timers)
+        if blocked and timers:
+            return min(blocked[0][0], timers[0][0])
+        if blocked:
+            return blocked[0][0]
+        return timers[0][0] if timers else None
 
     def advance(self) -> None:
         self._advance(self._clock())
@@ -321,7 +392,7 @@ class MemoryMatchmaker:
             self._start_cooldown(peer, partner, now)
             partner.send_partner_left()
         else:
-            self._waiting.pop(peer, None)
+            self._unwait(peer)
 
     def _end_chat(self, a: Peer, b: Peer) -> None:
         """Forget when the chat of ``a`` and ``b`` began and who spoke in it."""
@@ -340,41 +411,91 @@ class MemoryMatchmaker:
 
     def _enqueue(self, peer: Peer) -> None:
         peer.send_waiting()
-        self._place(peer, self._clock())
+        now = self._clock()
+        self._place(peer, now, self._queue.get(peer, ""), self._wait_end(peer, now))
 
-    def _place(self, peer: Peer, now: float, queue: str | None = None) -> None:
-        """Pair an idle peer with a random eligible waiting one of ``queue``
-        (by default the one it joins next), or queue it there."""
-        recent = self._recent.get(peer, {})
-        if queue is None:
-            queue = self._queue.get(peer, "")
-        eligible = [
-            w
-            for w, joined in self._waiting.items()
-            if joined == queue and recent.get(w, now) <= now
-        ]
+    def _wait_end(self, peer: Peer, now: float) -> float:
+        """When the interest wait of a peer joining a queue now runs out."""
+        return now + self._interest_wait if peer in self._interests else now
+
+    def _eligible(
+        self, peer: Peer, recent: dict[Peer, float], now: float, group: Iterable[Peer]
+    ) -> list[Peer]:
+        """Those of ``group`` that no cooldown or report keeps from ``peer``."""
+        eligible = [w for w in group if recent.get(w, now) <= now]
         if eligible and self._never:
             mine = self._identity[peer]
             eligible = [
                 w for w in eligible if frozenset((mine, self._identity[w])) not in self._never
             ]
+        return eligible
+
+    def _place(self, peer: Peer, now: float, queue: str, wait_end: float) -> None:
+        """Pair an idle peer with a random eligible waiting one of ``queue``
+        (who shares an interest if any does; else, if the peer is open after
+        ``wait_end``, any open one), or queue it there."""
+        recent = self._recent.get(peer, {})
+        interests = self._interests.get(peer, ())
+        is_open = wait_end <= now
+        eligible: list[Peer] = []
+        if interests:
+            by_interest = self._by_interest
+            sharing: dict[Peer, None] = {}
+            for tag in interests:
+                sharing.update(by_interest.get((queue, tag), ()))
+            eligible = self._eligible(peer, recent, now, sharing)
+        if not eligible and is_open:
+            eligible = self._eligible(peer, recent, now, self._open.get(queue, ()))
         if eligible:
             partner = eligible[0] if len(eligible) == 1 else self._rng.choice(eligible)
-            del self._waiting[partner]
+            self._unwait(partner)
             self._partner[peer] = partner
             self._partner[partner] = peer
             self._paired_at[peer] = self._paired_at[partner] = now
+            theirs = self._interests.get(partner)
+            common = sorted(set(interests).intersection(theirs)) if interests and theirs else ()
             # The one that waited makes the offer.
-            partner.send_paired(offer=True)
-            peer.send_paired(offer=False)
+            partner.send_paired(True, common)
+            peer.send_paired(False, common)
             return
-        # Nobody eligible: every waiting client is in cooldown with this one,
-        # or never to meet it again.  Wake up when a cooldown runs out.
-        for other, joined in self._waiting.items():
-            expiry = recent.get(other)
-            if expiry is not None and joined == queue:
+        # Nobody it may meet now: every waiting client it could meet is in
+        # cooldown with it, or never to meet it again.  Wake up when a
+        # cooldown runs out, or its interest wait does.
+        waiting = self._waiting
+        for other, expiry in recent.items():
+            if waiting.get(other) == queue:
                 heapq.heappush(self._blocked, (expiry, next(self._seq), peer, other))
-        self._waiting[peer] = queue
+        waiting[peer] = queue
+        for tag in interests:
+            self._by_interest.setdefault((queue, tag), {})[peer] = None
+        if is_open:
+            self._open.setdefault(queue, {})[peer] = None
+        else:
+            self._wait_ends[peer] = wait_end
+            heapq.heappush(self._wait_timers, (wait_end, next(self._seq), peer))
+
+    def _unwait(self, peer: Peer) -> str | None:
+        """Take the peer out of the queue it waits in; which that was, if any."""
+        queue = self._waiting.pop(peer, None)
+        if queue is None:
+            return None
+        by_interest = self._by_interest
+        for tag in self._interests.get(peer, ()):
+            key = (queue, tag)
+            group = by_interest[key]
+            del group[peer]
+            if not group:
+                del by_interest[key]
+        if self._wait_ends.pop(peer, None) is None:
+            group = self._open[queue]
+            del group[peer]
+            if not group:
+                del self._open[queue]
+        return queue
+
+    def _still_timed(self, entry: tuple[float, int, Peer]) -> bool:
+        """Whether an interest-wait entry still describes a waiting client."""
+        return self._wait_ends.get(entry[2]) == entry[0]
 
     def _still_blocked(self, entry: tuple[float, int, Peer, Peer]) -> bool:
         """Whether a blocked-pair entry still describes two waiting clients."""
@@ -400,7 +521,8 @@ class MemoryMatchmaker:
             del theirs[a]
             if not theirs:
                 del self._recent[b]
-        # Waiting clients freed from a cooldown look for a partner again.
+        # Waiting clients freed from a cooldown, or whose interest wait has
+        # run out, look for a partner again.
         blocked = self._blocked
         freed: dict[Peer, None] = {}
         while blocked and blocked[0][0] <= now:
@@ -408,6 +530,13 @@ class MemoryMatchmaker:
             if self._still_blocked(entry):
                 freed[entry[2]] = None
                 freed[entry[3]] = None
+        timers = self._wait_timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            if self._still_timed(entry):
+                freed[entry[2]] = None
         for peer in freed:
-            if peer in self._waiting:
-                self._place(peer, now, self._waiting.pop(peer))
+            wait_end = self._wait_ends.get(peer, now)
+            queue = self._unwait(peer)
+            if queue is not None:
+                self._place(peer, now, queue, wait_end)

@@ -49,6 +49,9 @@ class Limits:
     max_per_address: int = 8
     connects_per_minute: int = 60
     max_connections: int = 0
+    #: Not a limit but a promise the page must know: seconds a client with
+    #: interests waits for a stranger who shares one (0: interests are off).
+    interest_wait: float = 10.0
 
     def for_clients(self) -> dict[str, float]:
         """What a client must respect to have nothing refused, as the first
@@ -64,6 +67,9 @@ class Limits:
             "signal_length": wire.MAX_SIGNAL_BYTES,
             "signal_rate": self.signal_rate,
             "signal_burst": self.signal_burst,
+            "interests": wire.MAX_INTERESTS,
+            "interest_length": wire.MAX_INTEREST_LENGTH,
+            "interest_wait": self.interest_wait,
         }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Largest frame or message the server accepts, in bytes (close 1009 above it).
@@ -39,7 +41,13 @@ MAX_REASON_LENGTH = 500
 #: number holds exactly.
 MAX_ID = 2**53 - 1
 
+#: The most interests a client may give, and the longest one, in characters
+#: after normalising (see :func:`normalise_interests`).
+MAX_INTERESTS = 10
+MAX_INTEREST_LENGTH = 30
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,13 @@ class Signal:
     event: bytes
 
 
-Command = Message | Typing | Next | Stop | Report | Video | Signal
+@dataclass(frozen=True, slots=True)
+class Interests:
+    #: Normalised, each once, in the order given.
+    tags: tuple[str, ...]
+
+
+Command = Message | Typing | Next | Stop | Report | Video | Signal | Interests
 
 _NEXT = Next()
 _STOP = Stop()
@@ -170,9 +184,46 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
         if not isinstance(on, bool):
             raise CommandError(BAD_MESSAGE, 'A video command needs a boolean field "on".')
         return Video(on)
+    if kind == "interests":
+        return Interests(normalise_interests(obj.get("tags")))
     if not isinstance(kind, str):
         raise CommandError(BAD_MESSAGE, 'A command needs a string field "type".')
     raise CommandError(BAD_MESSAGE, f"Unknown command type {kind[:40]!r}.")
+
+
+def normalise_interest(tag: str) -> str:
+    """One interest as the server compares it: Unicode NFKC, case-folded,
+    trimmed, every run of whitespace inside it one space."""
+    # Case folding can undo NFKC (and NFKC can make new case pairs): the
+    # composition of the two that Unicode calls NFKC_Casefold, near enough.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", tag).casefold())
+    return " ".join(folded.split())
+
+
+def normalise_interests(tags: object) -> tuple[str, ...]:
+    """A client's list of interests, normalised and each once; or
+    :class:`CommandError` (``bad_message``) naming the rule it breaks."""
+    if not isinstance(tags, list):
+        raise CommandError(BAD_MESSAGE, 'Interests need a list field "tags".')
+    if len(tags) > MAX_INTERESTS:
+        raise CommandError(BAD_MESSAGE, f"You may give at most {MAX_INTERESTS} interests.")
+    seen: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise CommandError(BAD_MESSAGE, "Each interest must be a string.")
+        if _LONE_SURROGATE.search(tag):
+            raise CommandError(BAD_MESSAGE, "An interest is not valid Unicode.")
+        normal = normalise_interest(tag)
+        if not 1 <= len(normal) <= MAX_INTEREST_LENGTH:
+            raise CommandError(
+                BAD_MESSAGE,
+                f"Each interest must be 1 to {MAX_INTEREST_LENGTH} characters long "
+                "(after trimming).",
+            )
+        if _CONTROL.search(normal):
+            raise CommandError(BAD_MESSAGE, "An interest must not contain control characters.")
+        seen[normal] = None
+    return tuple(seen)
 
 
 def _frame(event: dict[str, object]) -> bytes:
@@ -181,7 +232,7 @@ def _frame(event: dict[str, object]) -> bytes:
 
 #: Events without fields never change: encode them once.
 WAITING = _frame({"type": "waiting"})
-PAIRED = _frame({"type": "paired"})
+PAIRED = _frame({"type": "paired", "common": []})
 PARTNER_LEFT = _frame({"type": "partner_left"})
 TYPING_ON = _frame({"type": "typing", "active": True})
 TYPING_OFF = _frame({"type": "typing", "active": False})
@@ -190,10 +241,30 @@ _MESSAGE_PREFIX = b'{"type":"message","text":'
 _SIGNAL_PREFIX = b'{"type":"signal","data":'
 
 
-def encode_paired_video(offer: bool, ice_servers: list[dict[str, object]]) -> bytes:
-    """The ``paired`` event of a video chat: whether this side makes the
-    WebRTC offer, and the ICE servers to use."""
-    return _frame({"type": "paired", "video": True, "offer": offer, "ice_servers": ice_servers})
+def encode_paired(common: Sequence[str]) -> bytes:
+    """The ``paired`` event of a text chat: the interests the two share."""
+    return _frame({"type": "paired", "common": list(common)}) if common else PAIRED
+
+
+def encode_paired_video(
+    offer: bool, ice_servers: list[dict[str, object]], common: Sequence[str] = ()
+) -> bytes:
+    """The ``paired`` event of a video chat: the interests the two share,
+    whether this side makes the WebRTC offer, and the ICE servers to use."""
+    return _frame(
+        {
+            "type": "paired",
+            "common": list(common),
+            "video": True,
+            "offer": offer,
+            "ice_servers": ice_servers,
+        }
+    )
+
+
+def encode_interests(tags: Sequence[str]) -> bytes:
+    """The ``interests`` event: the client's interests as the server keeps them."""
+    return _frame({"type": "interests", "tags": list(tags)})
 
 
 def encode_message(text: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -14,6 +15,7 @@ class RecordingPeer:
         #: What the last status event said: waiting, paired or partner_left.
         self.status: str | None = None
         self.offer: bool | None = None
+        self.common: list[str] = []
 
     def __repr__(self) -> str:
         return f"<peer {self.name}>"
@@ -22,11 +24,13 @@ class RecordingPeer:
         self.events.append(("waiting",))
         self.status = "waiting"
 
-    def send_paired(self, offer: bool = False) -> None:
+    def send_paired(self, offer: bool = False, common: Sequence[str] = ()) -> None:
         self.events.append(("paired",))
         self.status = "paired"
         #: Whether the last ``paired`` told this peer to make the offer.
         self.offer = offer
+        #: The interests the last ``paired`` said the two share.
+        self.common = list(common)
 
     def send_partner_left(self) -> None:
         self.events.append(("partner_left",))

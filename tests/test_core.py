@@ -251,18 +251,26 @@ def test_choice_among_eligible_partners_is_uniform() -> None:
         assert abs(counts[name] - trials / 3) < 117, counts
 
 
+#: A client's interests, from a small vocabulary so that they meet.
+INTERESTS = st.lists(st.sampled_from(["cats", "chess", "dogs"]), max_size=2, unique=True)
+
+
 class MatchmakerMachine(RuleBasedStateMachine):
-    """Random connects, nexts, stops, messages, typing, disconnects and the
-    passing of time, checking the pairing rules after every step."""
+    """Random connects, nexts, stops, messages, typing, interests,
+    disconnects and the passing of time, checking the pairing rules after
+    every step."""
 
     COOLDOWN = 30.0
+    INTEREST_WAIT = 10.0
 
     clients = Bundle("clients")
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.mm = MemoryMatchmaker(random.Random(0), self.clock, cooldown=self.COOLDOWN)
+        self.mm = MemoryMatchmaker(
+            random.Random(0), self.clock, cooldown=self.COOLDOWN, interest_wait=self.INTEREST_WAIT
+        )
         self.online: list[RecordingPeer] = []
         self.gone: list[RecordingPeer] = []
         self.count = 0
@@ -278,8 +286,28 @@ class MatchmakerMachine(RuleBasedStateMachine):
         # The queue each client joins next, and the one it last joined.
         self.queue: dict[RecordingPeer, str] = {}
         self.joined: dict[RecordingPeer, str] = {}
+        # Each client's interests, and those it last joined a queue with, when.
+        self.interests: dict[RecordingPeer, tuple[str, ...]] = {}
+        self.joined_with: dict[RecordingPeer, tuple[str, ...]] = {}
+        self.since: dict[RecordingPeer, float] = {}
 
     # -- helpers ---------------------------------------------------------------
+
+    def _join(self, p: RecordingPeer) -> None:
+        """The model of a client joining its queue now."""
+        self.joined[p] = self.queue[p]
+        self.joined_with[p] = self.interests[p]
+        self.since[p] = self.clock.now
+
+    def _open(self, p: RecordingPeer) -> bool:
+        """Whether a waiting client meets anyone open: it has no interests,
+        or its interest wait has run out."""
+        return not self.joined_with[p] or self.clock.now >= self.since[p] + self.INTEREST_WAIT
+
+    def _may_meet(self, p: RecordingPeer, q: RecordingPeer) -> bool:
+        """By the interest rule alone."""
+        shared = set(self.joined_with[p]) & set(self.joined_with[q])
+        return bool(shared) or (self._open(p) and self._open(q))
 
     def _observe_pairings(self) -> None:
         """Learn new pairs from the matchmaker, checking each is allowed."""
@@ -298,6 +326,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 assert ids not in self.never, f"{p} and {q} paired after a report"
                 assert self.joined[p] == self.joined[q], f"{p} and {q} met across queues"
                 assert p.offer != q.offer, f"{p} and {q} were not told one offer"
+                assert self._may_meet(p, q), f"{p} and {q} met against the interest rule"
+                common = sorted(set(self.joined_with[p]) & set(self.joined_with[q]))
+                assert p.common == q.common == common, (p.common, q.common, common)
                 self.partner[p] = q
                 self.partner[q] = p
                 self.paired_at[p] = self.paired_at[q] = self.clock.now
@@ -322,14 +353,17 @@ class MatchmakerMachine(RuleBasedStateMachine):
         target=clients,
         address=st.sampled_from(["ip1", "ip2", "ip3", "ip4", "ip5", "ip6"]),
         video=st.booleans(),
+        interests=INTERESTS,
     )
-    def connect(self, address: str, video: bool) -> RecordingPeer:
+    def connect(self, address: str, video: bool, interests: list[str]) -> RecordingPeer:
         self.count += 1
         p = RecordingPeer(f"c{self.count}")
         self.online.append(p)
         self.identity[p] = address
-        self.queue[p] = self.joined[p] = "video" if video else ""
-        self.mm.connect(p, address, self.queue[p])
+        self.queue[p] = "video" if video else ""
+        self.interests[p] = tuple(interests)
+        self._join(p)
+        self.mm.connect(p, address, self.queue[p], self.interests[p])
         assert p.events[0] == ("waiting",)
         self._observe_pairings()
         return p
@@ -340,7 +374,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             return
         self._silence()
         q = self._end(p, record_cooldown=True)
-        self.joined[p] = self.queue[p]
+        self._join(p)
         self.mm.next(p)
         if q is not None:
             assert q.events == [("partner_left",)]
@@ -354,7 +388,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self._silence()
         q = self.partner.get(p)
         if q is not None:
-            self.joined[p] = self.queue[p]
+            self._join(p)
         reported = self.mm.report_now(p)
         if q is None:
             assert reported is None
@@ -380,6 +414,21 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.queue[p] = "video" if video else ""
         self.mm.set_queue(p, self.queue[p])
         assert p.events == []
+        self._observe_pairings()
+
+    @rule(p=clients, interests=INTERESTS)
+    def set_interests(self, p: RecordingPeer, interests: list[str]) -> None:
+        """Interests change for the next time the client joins a queue; a
+        waiting client joins again at once (and may be paired at once)."""
+        if p not in self.online:
+            return
+        self._silence()
+        self.interests[p] = tuple(interests)
+        waiting = self.mm.is_waiting(p)
+        if waiting:
+            self._join(p)
+        self.mm.set_interests(p, self.interests[p])
+        assert p.events in ([], [("paired",)]) if waiting else p.events == []
         self._observe_pairings()
 
     @rule(p=clients)
@@ -485,7 +534,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 cooling = ended is not None and self.clock.now < ended + self.COOLDOWN
                 reported = frozenset((self.identity[p], self.identity[q])) in self.never
                 apart = self.joined[p] != self.joined[q]
-                assert cooling or reported or apart, (
+                assert cooling or reported or apart or not self._may_meet(p, q), (
                     f"{p} and {q} both wait but are eligible for each other"
                 )
 
@@ -502,6 +551,11 @@ class MatchmakerMachine(RuleBasedStateMachine):
         if cooling:
             deadline = self.mm.next_deadline()
             assert deadline is not None and deadline > self.clock.now
+        for p in waiting:
+            if not self._open(p):
+                deadline = self.mm.next_deadline()
+                ends = self.since[p] + self.INTEREST_WAIT
+                assert deadline is not None and self.clock.now < deadline <= ends
 
     @invariant()
     def gone_clients_hear_nothing(self) -> None:
@@ -611,3 +665,210 @@ def test_chat_bookkeeping_is_forgotten_when_chats_end() -> None:
     mm.relay(c, b"hey", said=True)
     mm.disconnect(c)
     assert mm._paired_at == {} and mm._sent == set()
+
+
+# -- interests -----------------------------------------------------------------
+
+
+def make_with_interests(
+    wait: float = 10.0, cooldown: float = 60.0, seed: int = 1
+) -> tuple[MemoryMatchmaker, FakeClock]:
+    clock = FakeClock()
+    return MemoryMatchmaker(random.Random(seed), clock, cooldown, interest_wait=wait), clock
+
+
+def test_a_client_meets_the_one_waiting_stranger_who_shares_an_interest() -> None:
+    mm, _ = make_with_interests()
+    others = peers("dogs", "chess", "films")
+    for p in others:
+        mm.connect(p, p.name, interests=(p.name, "x" + p.name))
+    cat = RecordingPeer("cat")
+    mm.connect(cat, "cat", interests=("cats", "yarn"))
+    assert mm.stats().waiting == 4
+    me = RecordingPeer("me")
+    mm.connect(me, "me", interests=("cats",))
+    assert mm.partner_of(me) is cat
+    assert me.common == cat.common == ["cats"]
+    assert all(mm.is_waiting(p) for p in others)
+
+
+def test_the_common_interests_are_all_those_shared_in_code_point_order() -> None:
+    mm, _ = make_with_interests()
+    a, b = peers("a", "b")
+    mm.connect(a, "a", interests=("zebras", "chess", "cats"))
+    mm.connect(b, "b", interests=("cats", "dogs", "zebras"))
+    assert a.common == b.common == ["cats", "zebras"]
+
+
+def test_without_a_shared_interest_the_fallback_comes_at_the_wait_and_not_before() -> None:
+    mm, clock = make_with_interests(wait=10.0)
+    a, b = peers("a", "b")
+    mm.connect(a, "a", interests=("cats",))
+    clock.now += 4
+    mm.connect(b, "b", interests=("dogs",))
+    assert mm.stats().waiting == 2
+    # a's wait ends first, but b, still in its own wait, will not do yet.
+    assert mm.next_deadline() == 1010.0
+    clock.now = 1010.0
+    mm.advance()
+    assert mm.partner_of(a) is None
+    assert mm.next_deadline() == 1014.0
+    clock.now = 1013.999
+    mm.advance()
+    assert mm.partner_of(a) is None
+    clock.now = 1014.0
+    mm.advance()
+    assert mm.partner_of(a) is b
+    assert a.common == b.common == []
+    assert a.offer is not b.offer
+    assert mm.next_deadline() is None
+
+
+def test_a_client_without_interests_meets_one_whose_wait_is_over_not_before() -> None:
+    mm, clock = make_with_interests(wait=10.0)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "a", interests=("cats",))
+    mm.connect(b, "b")  # no interests: open at once, but a still waits for a cat person
+    assert mm.partner_of(b) is None and mm.stats().waiting == 2
+    clock.now += 10
+    mm.advance()
+    assert mm.partner_of(a) is b and a.common == []
+    # A client without interests meets another at once.
+    mm.connect(c, "c")
+    d = RecordingPeer("d")
+    mm.connect(d, "d")
+    assert mm.partner_of(c) is d
+
+
+def test_a_shared_interest_comes_before_a_stranger_open_to_anyone() -> None:
+    mm, clock = make_with_interests(wait=10.0, cooldown=60)
+    a, b, c, d = peers("a", "b", "c", "d")
+    # b and c, kept apart by a cooldown, wait: c open (no interests), b a cat lover.
+    mm.connect(b, "b")
+    mm.connect(c, "c")
+    mm.stop(b)
+    mm.stop(c)
+    mm.set_interests(b, ("cats",))
+    mm.next(b)
+    mm.next(c)
+    clock.now += 10
+    mm.advance()
+    assert mm.stats().waiting == 2  # b is open now, but c is its former partner
+    # Both b and c would do for anyone open; a newcomer with cats meets b,
+    # one without interests then meets c.
+    mm.connect(a, "a", interests=("cats", "dogs"))
+    assert mm.partner_of(a) is b and a.common == ["cats"]
+    mm.connect(d, "d")
+    assert mm.partner_of(d) is c
+
+
+def test_the_choice_among_those_sharing_an_interest_is_uniform() -> None:
+    counts: Counter[str] = Counter()
+    rng = random.Random(7)
+    trials = 1500
+    for _ in range(trials):
+        clock = FakeClock()
+        mm = MemoryMatchmaker(rng, clock, cooldown=60, interest_wait=10)
+        # Three cat lovers kept apart by cooldowns, and a dog lover.
+        x, y, z, w = peers("x", "y", "z", "w")
+        for p in (x, y, z):
+            mm.connect(p, p.name, interests=("cats",))
+        mm.connect(w, "w", interests=("dogs",))
+        # x met y; stop both, then z meets x... keep all three apart:
+        mm.stop(x)  # ends x-y
+        mm.connect(RecordingPeer("tmp"), "tmp")
+        mm.next(x)  # x meets z
+        mm.stop(x)  # ends x-z
+        mm.next(y)
+        mm.next(z)  # y meets z
+        mm.stop(y)
+        mm.next(x)
+        mm.next(y)
+        mm.next(z)
+        assert [mm.is_waiting(p) for p in (x, y, z)] == [True] * 3
+        me = RecordingPeer("me")
+        mm.connect(me, "me", interests=("cats", "dogs"))
+        partner = mm.partner_of(me)
+        assert partner is not None
+        counts[partner.name] += 1
+    # w shares "dogs" too: four equally likely partners (375 each; 4.5 sd ~ 75).
+    assert set(counts) == {"x", "y", "z", "w"}, counts
+    for name in "xyzw":
+        assert abs(counts[name] - trials / 4) < 75, counts
+
+
+def test_new_interests_replace_a_waiting_client_at_once_and_leave_a_chat_alone() -> None:
+    mm, clock = make_with_interests()
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "a", interests=("cats",))
+    mm.connect(b, "b", interests=("dogs",))
+    assert mm.stats().waiting == 2
+    mm.set_interests(b, ("dogs", "cats"))
+    assert mm.partner_of(a) is b and b.common == ["cats"]
+    # In a chat: nothing changes until b joins a queue again.
+    b.take()
+    mm.set_interests(b, ("chess",))
+    assert b.take() == [] and mm.partner_of(b) is a
+    mm.connect(c, "c", interests=("chess",))
+    assert mm.partner_of(c) is None
+    mm.next(b)
+    assert mm.partner_of(b) is c and c.common == ["chess"]
+    # Clearing them makes a waiting client open at once.
+    d, e = peers("d", "e")
+    mm.connect(d, "d")
+    mm.connect(e, "e", interests=("golf",))
+    assert mm.partner_of(d) is None
+    mm.set_interests(e, ())
+    assert mm.partner_of(d) is e
+
+
+def test_a_changed_interest_starts_the_wait_again() -> None:
+    mm, clock = make_with_interests(wait=10)
+    a, b = peers("a", "b")
+    mm.connect(a, "a")
+    mm.connect(b, "b", interests=("cats",))
+    clock.now += 6
+    mm.set_interests(b, ("cats", "dogs"))
+    assert mm.next_deadline() == 1016
+    clock.now = 1010
+    mm.advance()
+    assert mm.partner_of(b) is None
+    clock.now = 1016
+    mm.advance()
+    assert mm.partner_of(b) is a
+
+
+def test_an_interest_wait_of_zero_ignores_interests() -> None:
+    mm, _ = make_with_interests(wait=0)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "a", interests=("cats",))
+    mm.connect(b, "b", interests=("dogs",))
+    assert mm.partner_of(a) is b and a.common == b.common == []
+    mm.connect(c, "c", interests=("cats",))
+    mm.set_interests(c, ("dogs",))
+    assert mm.is_waiting(c) and mm.next_deadline() is None
+
+
+def test_interests_are_per_queue() -> None:
+    mm, _ = make_with_interests()
+    a, b = peers("a", "b")
+    mm.connect(a, "a", "video", interests=("cats",))
+    mm.connect(b, "b", "", interests=("cats",))
+    assert mm.stats().waiting == 2
+    mm.set_queue(b, "video")
+    mm.next(b)
+    assert mm.partner_of(a) is b and a.common == ["cats"]
+
+
+def test_waiting_clients_with_interests_leave_no_trace_when_they_go() -> None:
+    mm, clock = make_with_interests()
+    clients = [RecordingPeer(f"p{i}") for i in range(50)]
+    for i, p in enumerate(clients):
+        mm.connect(p, p.name, interests=(f"tag{i}", f"tag{i + 1}" if i % 2 else "solo"))
+    for p in clients:
+        mm.disconnect(p)
+    assert mm.stats() == Stats(0, 0, 0)
+    assert mm.next_deadline() is None
+    internals = vars(mm)
+    for name in ("_waiting", "_open", "_by_interest", "_interests", "_wait_ends"):
+        assert not internals[name], name
