@@ -532,9 +532,9 @@ class MemoryMatchmaker:
                 freed[entry[3]] = None
         timers = self._wait_timers
         while timers and timers[0][0] <= now:
-            entry = heapq.heappop(timers)
-            if self._still_timed(entry):
-                freed[entry[2]] = None
+            timer = heapq.heappop(timers)
+            if self._still_timed(timer):
+                freed[timer[2]] = None
         for peer in freed:
             wait_end = self._wait_ends.get(peer, now)
             queue = self._unwait(peer)

@@ -12,7 +12,7 @@ a :class:`~roulette.core.Peer` with a few more calls.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,6 +91,11 @@ class Client(Peer, Protocol):
 
     def send_notice(self, code: str, message: str) -> None:
         """Tell the person something about the service."""
+
+    def send_welcome(self) -> None:
+        """What the client hears after its first count and before it joins
+        the queue (the interests it gave when it connected, or why they
+        were refused)."""
 
     def ban(self, until: float) -> None:
         """Its address is banned until ``until``: tell it, and close."""
@@ -220,21 +225,33 @@ class Lobby(Service):
 
     # -- what a connection calls ---------------------------------------------
 
-    def join(self, client: Client, identity: Hashable | None = None, queue: str = "") -> None:
+    def join(
+        self,
+        client: Client,
+        identity: Hashable | None = None,
+        queue: str = "",
+        interests: Sequence[str] = (),
+    ) -> None:
         """A client finished its handshake: tell it the count, then queue it
-        (in ``queue``: ``"video"`` or the text one, ``""``)."""
+        (in ``queue``: ``"video"`` or the text one, ``""``) with ``interests``."""
         self._clients[client] = None
         # The count it is told includes itself; it must arrive before "waiting".
         client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
         self._online_sent = -1  # the newcomer may have heard another count
         if self.matching_paused:
             client.send_notice(wire.MATCHING_PAUSED, MATCHING_PAUSED)
-        self.matchmaker.connect(client, identity, queue)
+        client.send_welcome()
+        self.matchmaker.connect(client, identity, queue, interests)
         self._reschedule()
 
     def set_queue(self, client: Client, queue: str) -> None:
         """The queue the client joins from now on (see ``Matchmaker.set_queue``)."""
         self.matchmaker.set_queue(client, queue)
+
+    def set_interests(self, client: Client, interests: Sequence[str]) -> None:
+        """The client's interests from now on (see ``Matchmaker.set_interests``)."""
+        self.matchmaker.set_interests(client, interests)
+        self._reschedule()
 
     def leave(self, client: Client) -> None:
         if client in self._clients:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -167,7 +167,7 @@ class _Elsewhere:
     def send_waiting(self) -> None:
         pass
 
-    def send_paired(self, offer: bool = False) -> None:
+    def send_paired(self, offer: bool = False, common: Sequence[str] = ()) -> None:
         pass
 
     def send_partner_left(self) -> None:
@@ -280,6 +280,7 @@ class RedisMatchmaker(Service):
         clock: IReactorTime | None = None,
         node: str | None = None,
         max_never: int = MAX_NEVER_PAIRS,
+        interest_wait: float = 0.0,
     ) -> None:
         self._address = address
         self._rng = rng
@@ -289,6 +290,7 @@ class RedisMatchmaker(Service):
         self._prefix = prefix
         self._lease = lease
         self._max_never = max_never
+        self._interest_wait = interest_wait
         #: This node's id in the pool.
         self.node = node if node is not None else format(rng.getrandbits(48), "012x")
         self.channel = f"{prefix}n:{self.node}"
@@ -308,6 +310,9 @@ class RedisMatchmaker(Service):
         self._offers: set[str] = set()
         #: The queue each client joins next, where not the text one ("").
         self._queue: dict[str, str] = {}
+        #: Each client's interests, as the scripts take them (each followed
+        #: by a newline), where it has any and interests are on.
+        self._interests: dict[str, str] = {}
         self._said: set[str] = set()
         self._seq = itertools.count(1)
         self._stats = Stats(0, 0, 0)
@@ -506,8 +511,9 @@ class RedisMatchmaker(Service):
                 self._keys[client],
                 self._queue.get(client, ""),
                 "1" if client in self._offers else "0",
+                self._interests.get(client, ""),
             ]
-        self._call(scripts.SYNC, self.node, *values)
+        self._call(scripts.SYNC, self.node, self._wait_text, *values)
         counts: list[str] = []
         for key, held in self._held.items():
             counts += [key, str(held)]
@@ -542,7 +548,13 @@ class RedisMatchmaker(Service):
 
     # -- the Matchmaker interface ---------------------------------------------
 
-    def connect(self, peer: Peer, identity: Hashable | None = None, queue: str = "") -> None:
+    def connect(
+        self,
+        peer: Peer,
+        identity: Hashable | None = None,
+        queue: str = "",
+        interests: Sequence[str] = (),
+    ) -> None:
         client = f"{self.node}:{next(self._seq)}"
         self._ids[peer] = client
         self._peers[client] = peer
@@ -553,7 +565,18 @@ class RedisMatchmaker(Service):
         self._keys[client] = _keys_text(keys) if isinstance(keys, AddressKeys) else ""
         if queue:
             self._queue[client] = queue
-        self._call(scripts.CONNECT, client, self._identity[client], self._keys[client], queue)
+        tags = self._tags(interests)
+        if tags:
+            self._interests[client] = tags
+        self._call(
+            scripts.CONNECT,
+            client,
+            self._identity[client],
+            self._keys[client],
+            queue,
+            tags,
+            self._wait_text,
+        )
 
     def set_queue(self, peer: Peer, queue: str) -> None:
         client = self._ids[peer]
@@ -564,6 +587,15 @@ class RedisMatchmaker(Service):
         else:
             del self._queue[client]
         self._call(scripts.QUEUE, client, queue, deadline=False)
+
+    def set_interests(self, peer: Peer, interests: Sequence[str]) -> None:
+        client = self._ids[peer]
+        tags = self._tags(interests)
+        if tags:
+            self._interests[client] = tags
+        else:
+            self._interests.pop(client, None)
+        self._call(scripts.INTERESTS, client, tags, self._wait_text)
 
     def next(self, peer: Peer) -> None:
         client = self._leave_locally(peer, "w")
@@ -607,6 +639,7 @@ class RedisMatchmaker(Service):
         self._partner.pop(client, None)
         self._offers.discard(client)
         self._queue.pop(client, None)
+        self._interests.pop(client, None)
         self._said.discard(client)
         self._call(scripts.DISCONNECT, client)
 
@@ -678,8 +711,19 @@ class RedisMatchmaker(Service):
 
     # -- internals ---------------------------------------------------------------
 
-    def _leave_args(self) -> tuple[str, str]:
-        return (repr(float(self._cooldown)), str(self._max_never))
+    def _leave_args(self) -> tuple[str, str, str]:
+        return (repr(float(self._cooldown)), str(self._max_never), self._wait_text)
+
+    @property
+    def _wait_text(self) -> str:
+        return repr(float(self._interest_wait))
+
+    def _tags(self, interests: Sequence[str]) -> str:
+        """Interests as the scripts take them: each followed by a newline
+        (none when interests are off)."""
+        if self._interest_wait <= 0:
+            return ""
+        return "".join(f"{tag}\n" for tag in interests)
 
     def _leave_locally(self, peer: Peer, status: str) -> str:
         """The client's chat is over from now on, whatever Redis says next."""
@@ -778,6 +822,9 @@ class RedisMatchmaker(Service):
         if kind == "R":
             self._resumed()
             return
+        if kind in ("P", "Q"):
+            # After the pairing, on lines of their own: the interests shared.
+            rest, *common = rest.split("\n")
         if kind == "Q":
             # Two clients of this node paired with each other: both know
             # their partner before either is told, so that what one says at
@@ -793,7 +840,7 @@ class RedisMatchmaker(Service):
                     self._note_paired(client, partner, offer)
                     told.append((peer, offer))
             for peer, offer in told:
-                peer.send_paired(offer)
+                peer.send_paired(offer, common)
             return
         fields = rest.split(" ")
         client = fields[0]
@@ -806,7 +853,7 @@ class RedisMatchmaker(Service):
             self._status[client] = "w"
             peer.send_waiting()
         elif kind == "P":
-            self._paired(client, peer, fields[2], fields[3] == "1")
+            self._paired(client, peer, fields[2], fields[3] == "1", common)
         elif kind == "L":
             if self._partner.pop(client, None) is not None:
                 self._left(client, peer)
@@ -822,9 +869,11 @@ class RedisMatchmaker(Service):
         else:
             self._offers.discard(client)
 
-    def _paired(self, client: str, peer: Peer, partner: str, offer: bool) -> None:
+    def _paired(
+        self, client: str, peer: Peer, partner: str, offer: bool, common: Sequence[str] = ()
+    ) -> None:
         self._note_paired(client, partner, offer)
-        peer.send_paired(offer)
+        peer.send_paired(offer, common)
 
     def _left(self, client: str, peer: Peer) -> None:
         self._status[client] = "i"

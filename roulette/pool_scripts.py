@@ -21,10 +21,21 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
     that changed its chat, see below), ``partner``, ``at`` (when the chat
     began), ``sent`` (whether the client said something in it), ``offer``
     ("1" for the one of two partners that makes the offer), ``q`` (the
-    queue it joins next, when not the text one: "video") and ``wq`` (the
-    queue it waits in).
+    queue it joins next, when not the text one: "video"), ``wq`` (the
+    queue it waits in), ``tags`` (its interests, each followed by a newline,
+    where it has any) and ``ie`` (when the interest wait of a waiting client
+    that is not yet open runs out).
 ``P.."waiting"``
     sorted set: client id -> arrival sequence number (``P.."seq"``).
+``P.."open"``
+    sorted set, by name: queue.."\\t"..client for each waiting client that is
+    open (no interests, or its interest wait is over).
+``P.."itag"``
+    sorted set, by name: queue.."\\t"..interest.."\\t"..client for each
+    interest of each waiting client (an interest holds no tab nor newline).
+``P.."iwait"``
+    sorted set: client id -> the end of its interest wait, for those not
+    yet open.
 ``P.."cool"``
     sorted set: "a|b" -> the end of their re-pairing cooldown.
 ``P.."blocked"``
@@ -45,7 +56,8 @@ A client id is ``node..":"..n``.  Scripts tell a node what happened to its
 clients by publishing on ``P.."n:"..node``: ``W c gen`` (waiting), ``P c
 gen other offer`` (paired with ``other``; ``offer`` is "1" for the one that
 makes the offer), ``Q a gen b gen`` (``a`` and ``b``, both of this node,
-paired with each other; ``a`` makes the offer), ``L c gen`` (partner left), and, after
+paired with each other; ``a`` makes the offer), both followed by the
+interests the two share, each after a newline, ``L c gen`` (partner left), and, after
 the node has been cut off from Redis, ``S c gen partner waiting offer`` (the
 client's whole state, see ``SYNC``) and then ``R`` (the node is back).  ``gen``
 is the client's generation as the script saw it: a node drops a notice
@@ -56,7 +68,7 @@ same channels (``E c sender payload``); Redis stores none of them.
 
 from __future__ import annotations
 
-_COMMON = """
+_COMMON = r"""
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 math.randomseed(tonumber(ARGV[3]))
@@ -76,6 +88,42 @@ local function gen(c) return get(c, 'gen') or '0' end
 local function pk(a, b) if a < b then return a .. '|' .. b end return b .. '|' .. a end
 local function is_waiting(c) return redis.call('ZSCORE', P .. 'waiting', c) end
 
+-- A client's interests, in the order given.
+local function interests(c)
+  local out = {}
+  for tag in string.gmatch(get(c, 'tags') or '', '([^\n]*)\n') do out[#out + 1] = tag end
+  return out
+end
+
+-- Members of a set kept by name (see P.."open", P.."itag") that begin with prefix.
+local function with_prefix(key, prefix)
+  local found = {}
+  local len = #prefix
+  for i, m in ipairs(redis.call('ZRANGEBYLEX', key, '[' .. prefix, '(' .. prefix .. '\255')) do
+    found[i] = string.sub(m, len + 1)
+  end
+  return found
+end
+
+-- When the interest wait of a client joining its queue now (as its node,
+-- waiting iw seconds, has it) runs out.
+local function wait_end(c, iw)
+  if get(c, 'tags') then return NOW + tonumber(iw) end
+  return NOW
+end
+
+-- Take a client out of the queue it waits in, and out of its indexes.
+local function unwait(c)
+  if redis.call('ZREM', P .. 'waiting', c) == 0 then return end
+  local q = get(c, 'wq') or ''
+  for _, tag in ipairs(interests(c)) do
+    redis.call('ZREM', P .. 'itag', q .. '\t' .. tag .. '\t' .. c)
+  end
+  redis.call('ZREM', P .. 'open', q .. '\t' .. c)
+  redis.call('ZREM', P .. 'iwait', c)
+  drop(c, 'ie')
+end
+
 -- When the cooldown of a and b ends, if it has not yet.
 local function cool_until(a, b)
   local s = redis.call('ZSCORE', P .. 'cool', pk(a, b))
@@ -87,29 +135,50 @@ local function cool_until(a, b)
 end
 
 -- Pair an idle client with a random eligible waiting one of queue q (by
--- default the one it joins next), or queue it there.
-local function place(c, q)
+-- default the one it joins next): one who shares an interest with it if
+-- any does, else, if the client is open (its interest wait ends at ends),
+-- any open one.  Or queue it there.
+local function place(c, q, ends)
   local mine = get(c, 'id')
   if not mine then return end  -- not in the pool (any more): nothing to place
   q = q or get(c, 'q') or ''
-  local eligible, blocked = {}, {}
-  for _, w in ipairs(redis.call('ZRANGE', P .. 'waiting', 0, -1)) do
-    if w ~= c and (get(w, 'wq') or '') == q then
-      local u = cool_until(c, w)
-      if u then
-        blocked[#blocked + 1] = {w, u}
-      else
-        local theirs = get(w, 'id')
-        if mine == theirs or not redis.call('ZSCORE', P .. 'never', pk(mine, theirs)) then
-          eligible[#eligible + 1] = w
-        end
+  local tags = interests(c)
+  local is_open = #tags == 0 or ends <= NOW
+  local eligible, blocked, seen = {}, {}, {}
+  local function consider(w)
+    if w == c or seen[w] then return end
+    seen[w] = true
+    local u = cool_until(c, w)
+    if u then
+      blocked[#blocked + 1] = {w, u}
+    else
+      local theirs = get(w, 'id')
+      if mine == theirs or not redis.call('ZSCORE', P .. 'never', pk(mine, theirs)) then
+        eligible[#eligible + 1] = w
       end
     end
+  end
+  for _, tag in ipairs(tags) do
+    for _, w in ipairs(with_prefix(P .. 'itag', q .. '\t' .. tag .. '\t')) do consider(w) end
+  end
+  if #eligible == 0 and is_open then
+    for _, w in ipairs(with_prefix(P .. 'open', q .. '\t')) do consider(w) end
   end
   if #eligible > 0 then
     local w = eligible[1]
     if #eligible > 1 then w = eligible[math.random(#eligible)] end
-    redis.call('ZREM', P .. 'waiting', w)
+    unwait(w)
+    local common = {}
+    if #tags > 0 then
+      local mine_set = {}
+      for _, tag in ipairs(tags) do mine_set[tag] = true end
+      for _, tag in ipairs(interests(w)) do
+        if mine_set[tag] then common[#common + 1] = tag end
+      end
+      table.sort(common)
+    end
+    local shared = ''
+    for _, tag in ipairs(common) do shared = shared .. '\n' .. tag end
     put(w, 'partner', c)
     put(c, 'partner', w)
     put(w, 'at', ARGV[2])
@@ -120,19 +189,29 @@ local function place(c, q)
     if node_of(w) == node_of(c) then
       -- Both on one node: one notice, so that neither can speak to the
       -- other before the node knows they are paired.
-      tell(c, 'Q ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' ' .. gen(c))
+      tell(c, 'Q ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' ' .. gen(c) .. shared)
     else
-      tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' 1')
-      tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w .. ' 0')
+      tell(w, 'P ' .. w .. ' ' .. gen(w) .. ' ' .. c .. ' 1' .. shared)
+      tell(c, 'P ' .. c .. ' ' .. gen(c) .. ' ' .. w .. ' 0' .. shared)
     end
     return
   end
-  -- Nobody eligible: wake up when a cooldown with a waiting client ends.
+  -- Nobody it may meet now: wake up when a cooldown with a waiting client
+  -- it could meet ends, or its interest wait does.
   for _, b in ipairs(blocked) do
     redis.call('ZADD', P .. 'blocked', b[2], pk(c, b[1]))
   end
   put(c, 'wq', q)
   redis.call('ZADD', P .. 'waiting', redis.call('INCR', P .. 'seq'), c)
+  for _, tag in ipairs(tags) do
+    redis.call('ZADD', P .. 'itag', 0, q .. '\t' .. tag .. '\t' .. c)
+  end
+  if is_open then
+    redis.call('ZADD', P .. 'open', 0, q .. '\t' .. c)
+  else
+    put(c, 'ie', string.format('%.17g', ends))
+    redis.call('ZADD', P .. 'iwait', ends, c)
+  end
 end
 
 local function end_chat(a, b)
@@ -148,32 +227,38 @@ local function leave(c, cooldown)
     if cooldown > 0 then redis.call('ZADD', P .. 'cool', NOW + cooldown, pk(c, p)) end
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   else
-    redis.call('ZREM', P .. 'waiting', c)
+    unwait(c)
   end
 end
 
--- Forget cooldowns that have run out; pair the waiting clients they freed.
+-- Forget cooldowns that have run out; pair the waiting clients they freed,
+-- and those whose interest wait has run out.
 local function advance()
   redis.call('ZREMRANGEBYSCORE', P .. 'cool', '-inf', NOW)
   local due = redis.call('ZRANGEBYSCORE', P .. 'blocked', '-inf', NOW)
-  if #due == 0 then return end
+  local timed = redis.call('ZRANGEBYSCORE', P .. 'iwait', '-inf', NOW)
+  if #due == 0 and #timed == 0 then return end
   redis.call('ZREMRANGEBYSCORE', P .. 'blocked', '-inf', NOW)
   local freed, order = {}, {}
+  local function free(x)
+    if not freed[x] then
+      freed[x] = true
+      order[#order + 1] = x
+    end
+  end
   for _, key in ipairs(due) do
     local a, b = string.match(key, '^(.*)|(.*)$')
     if is_waiting(a) and is_waiting(b) and not cool_until(a, b) then
-      for _, x in ipairs({a, b}) do
-        if not freed[x] then
-          freed[x] = true
-          order[#order + 1] = x
-        end
-      end
+      free(a)
+      free(b)
     end
   end
+  for _, x in ipairs(timed) do free(x) end
   for _, x in ipairs(order) do
     if is_waiting(x) then
-      redis.call('ZREM', P .. 'waiting', x)
-      place(x, get(x, 'wq') or '')
+      local q, ends = get(x, 'wq') or '', tonumber(get(x, 'ie') or NOW)
+      unwait(x)
+      place(x, q, ends)
     end
   end
 end
@@ -185,8 +270,8 @@ local function forget(c)
     end_chat(c, p)
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   end
-  redis.call('ZREM', P .. 'waiting', c)
-  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq')
+  unwait(c)
+  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq', 'tags')
 end
 
 -- Keys live while a node renews them (see RENEW): those a call may have
@@ -194,7 +279,7 @@ end
 local function keep(c)
   if c then redis.call('PEXPIRE', hkey(c), TTL) end
   for _, k in ipairs({'nodes', 'waiting', 'seq', 'cool', 'blocked', 'never', 'counts', 'secret',
-                     'addr'}) do
+                     'addr', 'open', 'itag', 'iwait'}) do
     redis.call('PEXPIRE', P .. k, TTL)
   end
 end
@@ -226,13 +311,17 @@ end
 -- When advance must run next, or false.
 local function deadline()
   local top = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
+  local timer = redis.call('ZRANGE', P .. 'iwait', 0, 0, 'WITHSCORES')
+  if #timer > 0 and (#top == 0 or tonumber(timer[2]) < tonumber(top[2])) then top = timer end
   if #top == 0 then return false end
   return top[2]
 end
 """
 
 #: ARGV[5]: client, ARGV[6]: its identity, ARGV[7]: its hashed address
-#: keys for reports and bans ("address network scope..." or "").
+#: keys for reports and bans ("address network scope..." or ""), ARGV[8]:
+#: the queue it joins ("" for text), ARGV[9]: its interests (each followed by
+#: a newline; "" for none), ARGV[10]: the interest wait (seconds).
 CONNECT = (
     _COMMON
     + """
@@ -240,10 +329,11 @@ advance()
 local c = ARGV[5]
 put(c, 'id', ARGV[6])
 if ARGV[7] ~= '' then put(c, 'keys', ARGV[7]) end
-if ARGV[8] and ARGV[8] ~= '' then put(c, 'q', ARGV[8]) end
+if ARGV[8] ~= '' then put(c, 'q', ARGV[8]) end
+if ARGV[9] ~= '' then put(c, 'tags', ARGV[9]) end
 put(c, 'gen', '0')
 tell(c, 'W ' .. c .. ' 0')
-place(c)
+place(c, nil, wait_end(c, ARGV[10]))
 keep(c)
 return deadline()
 """
@@ -251,10 +341,11 @@ return deadline()
 
 #: ARGV[5]: client, ARGV[6]: its new generation, ARGV[7]: "next", "stop" or
 #: "report", ARGV[8]: the cooldown (seconds), ARGV[9]: how many reported
-#: pairs of identities are remembered.  Returns the deadline and, for a
-#: report that ended a chat: the partner, its identity, when the chat began
-#: (as the caller's clock wrote it), whether the partner said anything
-#: ("1" or "0") and its address keys ("" if unknown).
+#: pairs of identities are remembered, ARGV[10]: the interest wait
+#: (seconds).  Returns the deadline and, for a report that ended a chat:
+#: the partner, its identity, when the chat began (as the caller's clock
+#: wrote it), whether the partner said anything ("1" or "0") and its
+#: address keys ("" if unknown).
 LEAVE = (
     _COMMON
     + """
@@ -277,7 +368,7 @@ end
 leave(c, tonumber(ARGV[8]))
 if mode ~= 'stop' then
   tell(c, 'W ' .. c .. ' ' .. ARGV[6])
-  place(c)
+  place(c, nil, wait_end(c, ARGV[10]))
 end
 keep(c)
 return {deadline(), unpack(chat)}
@@ -293,6 +384,24 @@ if not get(c, 'id') then return false end
 if ARGV[6] ~= '' then put(c, 'q', ARGV[6]) else drop(c, 'q') end
 keep(c)
 return false
+"""
+)
+
+#: ARGV[5]: client, ARGV[6]: its interests (each followed by a newline),
+#: ARGV[7]: the interest wait (seconds).  A waiting client joins its queue
+#: again with them.
+INTERESTS = (
+    _COMMON
+    + """
+advance()
+local c = ARGV[5]
+if not get(c, 'id') then return deadline() end
+local was = is_waiting(c)
+unwait(c)
+if ARGV[6] ~= '' then put(c, 'tags', ARGV[6]) else drop(c, 'tags') end
+if was then place(c, nil, wait_end(c, ARGV[7])) end
+keep(c)
+return deadline()
 """
 )
 
@@ -357,11 +466,12 @@ return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostrin
 """
 )
 
-#: ARGV[5]: node; then, for each of its clients, eight values: the client,
-#: its identity, its generation, what the node last told it ("w" waiting,
-#: "p" paired, "i" idle), its partner then ("" for none), its address
-#: keys, the queue it joins next ("" for text) and whether it was told to
-#: make the offer ("1" or "0").
+#: ARGV[5]: node, ARGV[6]: the interest wait (seconds); then, for each of its
+#: clients, nine values: the client, its identity, its generation, what the
+#: node last told it ("w" waiting, "p" paired, "i" idle), its partner then
+#: ("" for none), its address keys, the queue it joins next ("" for text),
+#: whether it was told to make the offer ("1" or "0") and its interests
+#: (each followed by a newline).
 #:
 #: After the node was cut off from Redis, what it missed is told again: the
 #: clients Redis lost (it restarted empty, or the node's lease ran out and
@@ -376,13 +486,13 @@ SYNC = (
     + """
 local node = ARGV[5]
 local order, mine = {}, {}
-local i = 6
+local i = 7
 while ARGV[i] do
   local c = ARGV[i]
   order[#order + 1] = c
   mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4],
-             keys = ARGV[i + 5], q = ARGV[i + 6], offer = ARGV[i + 7]}
-  i = i + 8
+             keys = ARGV[i + 5], q = ARGV[i + 6], offer = ARGV[i + 7], tags = ARGV[i + 8]}
+  i = i + 9
 end
 for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
   local c = string.match(f, '^(.*)|id$')
@@ -395,6 +505,7 @@ for _, c in ipairs(order) do
     put(c, 'gen', v.gen)
     if v.keys ~= '' then put(c, 'keys', v.keys) end
     if v.q ~= '' then put(c, 'q', v.q) end
+    if v.tags ~= '' then put(c, 'tags', v.tags) end
     local p = v.partner
     if v.status == 'p' and mine[p] and mine[p].partner == c then
       put(c, 'partner', p)
@@ -406,7 +517,7 @@ end
 advance()
 for _, c in ipairs(order) do
   if mine[c].status == 'w' and not is_waiting(c) and not get(c, 'partner') then
-    place(c)
+    place(c, nil, wait_end(c, ARGV[6]))
   end
 end
 for _, c in ipairs(order) do

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -122,6 +122,11 @@ class RouletteProtocol(WebSocketServerProtocol):
     _idle = False
     #: Made when first needed: most clients never signal.
     _signal_budget: TokenBucket | None = None
+    #: The interests the client gave (normalised), as it was last told.
+    _interests: tuple[str, ...] = ()
+    #: What the client hears before it joins the queue: its interests from
+    #: the URL, or why they were refused.
+    _welcome = b""
     #: Whether the client has a partner, as the pairing events it was sent
     #: say: what ``not_paired`` is decided on, without asking the matchmaker.
     _paired = False
@@ -182,6 +187,16 @@ class RouletteProtocol(WebSocketServerProtocol):
             self._deny_handshake(429, f"too many connections from this address ({refused})")
         self._admitted = True
         self._video = request.params.get("video", [""])[-1] == "1"
+        given = request.params.get("interest")
+        if given:
+            try:
+                self._interests = wire.normalise_interests(given)
+            except wire.CommandError as error:
+                self._welcome = wire.encode_error(
+                    error.code, f"The interests in the URL were left out: {error.message}"
+                )
+            else:
+                self._welcome = wire.encode_interests(self._interests)
         shared = lobby.shared_addresses
         if shared is not None:
             return self._admit_in_pool(shared, gate.addresses.max_per_address)
@@ -266,7 +281,9 @@ class RouletteProtocol(WebSocketServerProtocol):
         transport.registerProducer(self._send_buffer, True)
         log.info("client {address} connected", address=self.address)
         self._queued_video = self._video
-        self.factory.lobby.join(self, self.address_hash, VIDEO if self._video else TEXT)
+        self.factory.lobby.join(
+            self, self.address_hash, VIDEO if self._video else TEXT, self._interests
+        )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._admitted:
@@ -479,6 +496,15 @@ class RouletteProtocol(WebSocketServerProtocol):
                             wire.NOT_VIDEO, "This is not a video chat: signals are not relayed."
                         )
                     lobby.relay(self, event)
+                case wire.Interests(tags):
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
+                    self._interests = tags
+                    self.send_event(wire.encode_interests(tags))
+                    # A waiting client joins again: the queue of its mode.
+                    if not self._paired and not self._idle:
+                        self._join_queue_as_chosen()
+                    lobby.set_interests(self, tags)
                 case wire.Video(on):
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
@@ -514,6 +540,11 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def send_notice(self, code: str, message: str) -> None:
         self.send_event(wire.encode_notice(code, message))
+
+    def send_welcome(self) -> None:
+        if self._welcome:
+            self.send_event(self._welcome)
+            del self._welcome  # the class's empty one from now on
 
     def send_event(self, event: bytes) -> None:
         """Send one encoded event as a text frame (the Peer's call, used for
@@ -599,14 +630,14 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._paired = False
         self.send_event(wire.WAITING)
 
-    def send_paired(self, offer: bool = False) -> None:
+    def send_paired(self, offer: bool = False, common: Sequence[str] = ()) -> None:
         self._paired = True
         log.info("client {address} paired", address=self.address)
         # Both joined one queue: the video one, if this one did.
         if self._queued_video:
-            self.send_event(wire.encode_paired_video(offer, self.factory.ice_servers()))
+            self.send_event(wire.encode_paired_video(offer, self.factory.ice_servers(), common))
         else:
-            self.send_event(wire.PAIRED)
+            self.send_event(wire.encode_paired(common))
 
     def send_partner_left(self) -> None:
         self._paired = False

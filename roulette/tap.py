@@ -89,6 +89,14 @@ class Options(usage.Options):
             float,
         ],
         [
+            "interest-wait",
+            None,
+            DEFAULT.interest_wait,
+            "Seconds a visitor with interests waits for a stranger who shares one before "
+            "anyone will do (0 turns interests off).",
+            float,
+        ],
+        [
             "auto-ping-interval",
             None,
             AUTO_PING_INTERVAL,
@@ -337,6 +345,7 @@ class Options(usage.Options):
             )
         for name in (
             "repair-cooldown",
+            "interest-wait",
             "auto-ping-interval",
             "handshake-timeout",
             "max-connections",
@@ -535,13 +544,20 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         # First among the services: it joins the pool before clients come,
         # and leaves it after they have gone.
         pool = RedisMatchmaker(
-            config["redis"], random.SystemRandom(), reactor, cooldown=config["repair-cooldown"]
+            config["redis"],
+            random.SystemRandom(),
+            reactor,
+            cooldown=config["repair-cooldown"],
+            interest_wait=config["interest-wait"],
         )
         pool.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         matchmaker = pool
     else:
         matchmaker = MemoryMatchmaker(
-            random.SystemRandom(), clock.seconds, cooldown=config["repair-cooldown"]
+            random.SystemRandom(),
+            clock.seconds,
+            cooldown=config["repair-cooldown"],
+            interest_wait=config["interest-wait"],
         )
     limits = Limits(
         max_message_length=config["max-message-length"],
@@ -549,6 +565,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         message_burst=config["message-burst"],
         signal_rate=config["signal-rate"],
         signal_burst=config["signal-burst"],
+        interest_wait=config["interest-wait"],
         send_buffer_limit=config["send-buffer-limit"],
         max_per_address=config["max-per-ip"],
         connects_per_minute=config["connects-per-minute"],

@@ -57,15 +57,17 @@ class Harness:
     ) -> None:
         self.clock = task.Clock()
         self.clock.advance(1000)
-        self.matchmaker = MemoryMatchmaker(random.Random(0), self.clock.seconds, cooldown)
+        limits = limits or Limits()
+        if max_message_length is not None:
+            limits = dataclasses.replace(limits, max_message_length=max_message_length)
+        self.matchmaker = MemoryMatchmaker(
+            random.Random(0), self.clock.seconds, cooldown, limits.interest_wait
+        )
         if gate is None:
             gate = Gate(reports=Reports(self.clock.seconds))
         self.lobby = Lobby(self.matchmaker, self.clock, gate)
         self.lobby.startService()
         # The protocol reads the time from its factory's reactor: the same clock.
-        limits = limits or Limits()
-        if max_message_length is not None:
-            limits = dataclasses.replace(limits, max_message_length=max_message_length)
         self.factory = RouletteFactory(self.lobby, limits=limits, reactor=self.clock)
         self.pumper = create_pumper()
         self.agent = create_memory_agent(

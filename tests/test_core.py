@@ -798,7 +798,7 @@ def test_the_choice_among_those_sharing_an_interest_is_uniform() -> None:
 
 
 def test_new_interests_replace_a_waiting_client_at_once_and_leave_a_chat_alone() -> None:
-    mm, clock = make_with_interests()
+    mm, _ = make_with_interests()
     a, b, c = peers("a", "b", "c")
     mm.connect(a, "a", interests=("cats",))
     mm.connect(b, "b", interests=("dogs",))
@@ -861,7 +861,7 @@ def test_interests_are_per_queue() -> None:
 
 
 def test_waiting_clients_with_interests_leave_no_trace_when_they_go() -> None:
-    mm, clock = make_with_interests()
+    mm, _ = make_with_interests()
     clients = [RecordingPeer(f"p{i}") for i in range(50)]
     for i, p in enumerate(clients):
         mm.connect(p, p.name, interests=(f"tag{i}", f"tag{i + 1}" if i % 2 else "solo"))

@@ -59,8 +59,8 @@ async def paired(url: str) -> tuple[Any, Any]:
     assert await recv(a) == {"type": "waiting"}
     b = await websockets.connect(url)
     assert await recv(b) == {"type": "waiting"}
-    assert await recv(b) == {"type": "paired"}
-    assert await recv(a) == {"type": "paired"}
+    assert await recv(b) == {"type": "paired", "common": []}
+    assert await recv(a) == {"type": "paired", "common": []}
     return a, b
 
 
@@ -110,8 +110,8 @@ def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
         assert await recv(a) == {"type": "waiting"}
         c = await websockets.connect(server.ws_url)
         assert await recv(c) == {"type": "waiting"}
-        assert await recv(c) == {"type": "paired"}
-        assert await recv(a) == {"type": "paired"}
+        assert await recv(c) == {"type": "paired", "common": []}
+        assert await recv(a) == {"type": "paired", "common": []}
         await send(b, {"type": "message", "text": "hello?"})
         assert (await recv(b))["code"] == "not_paired"
 
@@ -180,7 +180,7 @@ def test_silent_peer_is_dropped_by_auto_ping(server: RunningServer) -> None:
         try:
             b = await websockets.connect(server.ws_url)
             assert await recv(b) == {"type": "waiting"}
-            assert await recv(b) == {"type": "paired"}
+            assert await recv(b) == {"type": "paired", "common": []}
             # A ping every second, two to answer (Autobahn's timers tick in
             # whole seconds): the silent peer is gone within a few seconds.
             started = time.monotonic()
@@ -257,7 +257,7 @@ def test_tls_endpoint_serves_page_and_wss(tmp_path: Path) -> None:
             a = await websockets.connect(secure.ws_url, ssl=context)
             b = await websockets.connect(secure.ws_url, ssl=context)
             assert await recv(a) == {"type": "waiting"}
-            assert await recv(a) == {"type": "paired"}
+            assert await recv(a) == {"type": "paired", "common": []}
             await send(b, {"type": "message", "text": "over TLS"})
             assert await recv(a) == {"type": "message", "text": "over TLS"}
             await a.close()

@@ -109,7 +109,7 @@ class Fuzzer:
         a = self.h.connect_now()
         b = self.h.connect_now()
         for c in (a, b):
-            if {"type": "paired"} not in c.events:
+            if {"type": "paired", "common": []} not in c.events:
                 c.send({"type": "next"})
         self.h.pump()
         return a, b

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,15 @@ class Pool:
     """Nodes of one pool (a key prefix of their own) on a fake clock."""
 
     def __init__(
-        self, redis: RedisServer, cooldown: float = 60.0, lease: float = 3.0, url: str = ""
+        self,
+        redis: RedisServer,
+        cooldown: float = 60.0,
+        lease: float = 3.0,
+        url: str = "",
+        interest_wait: float = 0.0,
     ) -> None:
         self.redis = redis
+        self.interest_wait = interest_wait
         self.url = url or redis.url
         self.prefix = f"test{next(_prefixes)}:"
         self.cooldown = cooldown
@@ -57,6 +63,7 @@ class Pool:
             prefix=self.prefix,
             lease=self.lease,
             clock=self.clock,
+            interest_wait=self.interest_wait,
         )
         if before_start is not None:
             before_start(mm)
@@ -563,10 +570,12 @@ class _PoolAsOne:
 
         _in_reactor(then_settle)
 
-    def connect(self, peer: RecordingPeer, identity: str, queue: str = "") -> None:
+    def connect(
+        self, peer: RecordingPeer, identity: str, queue: str = "", interests: Sequence[str] = ()
+    ) -> None:
         node = self.nodes[len(self.node_of) % len(self.nodes)]
         self.node_of[peer] = node
-        self._do(lambda: node.connect(peer, identity, queue))
+        self._do(lambda: node.connect(peer, identity, queue, interests))
         client = node.client_id(peer)
         assert client is not None
         self.peer_of[client] = peer
@@ -579,6 +588,9 @@ class _PoolAsOne:
 
     def set_queue(self, peer: RecordingPeer, queue: str) -> None:
         self._do(lambda: self.node_of[peer].set_queue(peer, queue))
+
+    def set_interests(self, peer: RecordingPeer, interests: Sequence[str]) -> None:
+        self._do(lambda: self.node_of[peer].set_interests(peer, interests))
 
     def disconnect(self, peer: RecordingPeer) -> None:
         self._do(lambda: self.node_of[peer].disconnect(peer))
@@ -620,17 +632,20 @@ class _PoolAsOne:
         return self.nodes[0].stats()
 
     def next_deadline(self) -> float | None:
-        """The earliest moment two waiting clients must be paired, as the
-        in-memory matchmaker computes it (stale entries passed over)."""
+        """The earliest moment waiting clients must be paired (two kept apart
+        by a cooldown, or one whose interest wait runs out), as the in-memory
+        matchmaker computes it (stale entries passed over)."""
         prefix = self.pool.prefix
+        timer = self._query("ZRANGE", f"{prefix}iwait", "0", "0", "WITHSCORES")
+        first = float(timer[1]) if timer else None
         flat = self._query("ZRANGE", f"{prefix}blocked", "0", "-1", "WITHSCORES")
         waiting = set(self._query("ZRANGE", f"{prefix}waiting", "0", "-1"))
         for key, score in zip(flat[::2], flat[1::2], strict=True):
             a, b = key.split("|")
             cool = self._query("ZSCORE", f"{prefix}cool", key)
             if a in waiting and b in waiting and cool and float(cool[0]) == float(score):
-                return float(score)
-        return None
+                return float(score) if first is None else min(first, float(score))
+        return first
 
 
 @pytest_twisted.ensureDeferred
@@ -645,7 +660,9 @@ async def test_the_pairing_rules_hold_across_nodes(redis: RedisServer) -> None:
         def __init__(self) -> None:
             super().__init__()
             # Leases longer than any run: nodes are not reaped here.
-            self.pool = pool = Pool(redis, cooldown=self.COOLDOWN, lease=1e6)
+            self.pool = pool = Pool(
+                redis, cooldown=self.COOLDOWN, lease=1e6, interest_wait=self.INTEREST_WAIT
+            )
             start = self.clock.now
             _in_reactor(lambda: pool.clock.advance(start - pool.clock.seconds()))
             nodes = [
@@ -689,8 +706,8 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
             assert await recv(a) == {"type": "waiting"}
             b = await websockets.connect(two.ws_url)
             assert await recv(b) == {"type": "waiting"}
-            assert await recv(b) == {"type": "paired"}
-            assert await recv(a) == {"type": "paired"}
+            assert await recv(b) == {"type": "paired", "common": []}
+            assert await recv(a) == {"type": "paired", "common": []}
             await send(a, {"type": "message", "text": "from one", "id": 1})
             assert await recv(a) == {"type": "sent", "id": 1}
             assert await recv(b) == {"type": "message", "text": "from one"}
@@ -704,8 +721,8 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
             assert await recv(a) == {"type": "partner_left"}
             await send(a, {"type": "next"})
             assert await recv(a) == {"type": "waiting"}
-            assert await recv(a) == {"type": "paired"}
-            assert await recv(b) == {"type": "paired"}
+            assert await recv(a) == {"type": "paired", "common": []}
+            assert await recv(b) == {"type": "paired", "common": []}
             # Both processes count the whole pool, and say which answered.
             await asyncio.sleep(2.5)
             health = [one.health(), two.health()]
@@ -751,9 +768,16 @@ def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> N
             b = await websockets.connect(two.ws_url + "?video=1")
             assert await recv(b) == {"type": "waiting"}
             got_b, got_a = await recv(b), await recv(a)
-            assert got_a == {"type": "paired", "video": True, "offer": True, "ice_servers": []}
+            assert got_a == {
+                "type": "paired",
+                "common": [],
+                "video": True,
+                "offer": True,
+                "ice_servers": [],
+            }
             assert got_b == {
                 "type": "paired",
+                "common": [],
                 "video": True,
                 "offer": False,
                 "ice_servers": [{"urls": ["stun:127.0.0.1:3478"]}],
@@ -800,8 +824,8 @@ def test_a_report_on_one_process_keeps_the_address_apart_on_the_others(
         async def scenario() -> None:
             a = await connect(one, "198.51.100.1")
             b = await connect(two, "203.0.113.2")
-            assert await recv(a) == {"type": "paired"}
-            assert await recv(b) == {"type": "paired"}
+            assert await recv(a) == {"type": "paired", "common": []}
+            assert await recv(b) == {"type": "paired", "common": []}
             await send(a, {"type": "report"})
             assert await recv(a) == {"type": "waiting"}
             assert await recv(b) == {"type": "partner_left"}
@@ -815,7 +839,7 @@ def test_a_report_on_one_process_keeps_the_address_apart_on_the_others(
             ]
             # ...while a newcomer from an address nobody reported meets one of them.
             d = await connect(two, "192.0.2.4")
-            assert await recv(d) == {"type": "paired"}
+            assert await recv(d) == {"type": "paired", "common": []}
             for ws in (a, b, c, d):
                 await ws.close()  # type: ignore[attr-defined]
 
@@ -870,12 +894,12 @@ def test_while_redis_is_away_chats_go_on_and_matching_resumes_when_it_is_back(
                 # a and b chat on one process; c and d across the two.
                 a = await connect(one)
                 b = await connect(one)
-                assert await recv(b) == {"type": "paired"}
-                assert await recv(a) == {"type": "paired"}
+                assert await recv(b) == {"type": "paired", "common": []}
+                assert await recv(a) == {"type": "paired", "common": []}
                 c = await connect(two)
                 d = await connect(one)
-                assert await recv(d) == {"type": "paired"}
-                assert await recv(c) == {"type": "paired"}
+                assert await recv(d) == {"type": "paired", "common": []}
+                assert await recv(c) == {"type": "paired", "common": []}
 
                 own.stop()  # Redis goes away, and comes back empty
                 for ws in (a, b, c, d):
@@ -904,8 +928,8 @@ def test_while_redis_is_away_chats_go_on_and_matching_resumes_when_it_is_back(
                 assert await recv(c) == {"type": "waiting"}
                 await send(d, {"type": "next"})
                 assert await recv(d) == {"type": "waiting"}
-                assert await recv(d) == {"type": "paired"}
-                assert await recv(c) == {"type": "paired"}
+                assert await recv(d) == {"type": "paired", "common": []}
+                assert await recv(c) == {"type": "paired", "common": []}
                 await send(c, {"type": "message", "text": "hello again"})
                 assert await recv(d) == {"type": "message", "text": "hello again"}
                 await asyncio.gather(*(ws.close() for ws in (a, b, c, d)))
@@ -958,7 +982,7 @@ def test_a_pool_connection_outlives_the_handshake_deadline(redis: RedisServer) -
             a = await websockets.connect(server.ws_url)
             b = await websockets.connect(server.ws_url)
             assert await recv(b) == {"type": "waiting"}
-            assert await recv(b) == {"type": "paired"}
+            assert await recv(b) == {"type": "paired", "common": []}
             await asyncio.sleep(2.5)
             await send(a, {"type": "message", "text": "still here"})
             assert await recv(b) == {"type": "message", "text": "still here"}
@@ -993,7 +1017,7 @@ def test_workers_share_one_port_and_one_pool(redis: RedisServer) -> None:
             # Everyone is paired, across workers as within them.
             for ws in clients:
                 events = [await recv(ws), await recv(ws)]
-                assert events == [{"type": "waiting"}, {"type": "paired"}], events
+                assert events == [{"type": "waiting"}, {"type": "paired", "common": []}], events
             await asyncio.sleep(2.5)
             assert server.health()["online"] == 8
             # SIGTERM to the supervisor: every worker tells its clients 1001.

@@ -38,6 +38,9 @@ DEFAULT_LIMITS = {
     "signal_length": 16384,
     "signal_rate": 20,
     "signal_burst": 60,
+    "interests": 10,
+    "interest_length": 30,
+    "interest_wait": 10,
 }
 
 
@@ -110,7 +113,7 @@ async def test_next_ends_chat_and_requeues(harness: Harness) -> None:
     # A newcomer meets the one who pressed next.
     c = await harness.connect()
     assert [e["type"] for e in c.take()] == ["online", "waiting", "paired"]
-    assert a.take() == [{"type": "paired"}]
+    assert a.take() == [{"type": "paired", "common": []}]
     c.send({"type": "message", "text": "hi a"})
     harness.pump()
     assert a.take() == [{"type": "message", "text": "hi a"}]
@@ -171,8 +174,8 @@ async def test_cooldown_expiry_pairs_former_partners(harness: Harness) -> None:
     harness.tick(59)
     assert a.take() == [{"type": "online", "count": 2}] and b.take() == []
     harness.tick(1.5)
-    assert a.take() == [{"type": "paired"}]
-    assert b.take() == [{"type": "paired"}]
+    assert a.take() == [{"type": "paired", "common": []}]
+    assert b.take() == [{"type": "paired", "common": []}]
 
 
 @pytest_twisted.ensureDeferred
@@ -403,7 +406,10 @@ async def test_report_ends_the_chat_and_the_two_never_meet_again(harness: Harnes
     h.lobby.gate.trust_proxy = 1  # two addresses, through one trusted proxy
     a = await h.connect({"X-Forwarded-For": "203.0.113.1"})
     b = await h.connect({"X-Forwarded-For": "203.0.113.2"})
-    assert {"type": "paired"} in a.take() and {"type": "paired"} in b.take()
+    assert {"type": "paired", "common": []} in a.take() and {
+        "type": "paired",
+        "common": [],
+    } in b.take()
     a.send({"type": "report", "reason": "rude"})
     h.pump()
     assert b.take() == [{"type": "partner_left"}]
@@ -438,7 +444,7 @@ async def test_three_reporters_ban_the_address(proxied: Harness) -> None:
     for n in range(3):  # three networks
         reporter = await h.connect({"X-Forwarded-For": f"203.0.{113 + n}.1"})
         h.pump()
-        assert {"type": "paired"} in reporter.events, n
+        assert {"type": "paired", "common": []} in reporter.events, n
         bad.send({"type": "message", "text": "buy now"})
         h.pump()
         reporter.send({"type": "report", "reason": "spam"})
@@ -472,7 +478,7 @@ async def reported(
     ``bad`` looks again unless it has been closed."""
     for host in reporters:
         reporter = await h.connect({"X-Forwarded-For": host})
-        assert {"type": "paired"} in reporter.take()
+        assert {"type": "paired", "common": []} in reporter.take()
         if say is not None:
             bad.send({"type": "message", "text": say})
             h.pump()
@@ -655,7 +661,13 @@ async def test_one_answer_to_odd_json_whichever_way_it_is_read(
 @pytest_twisted.ensureDeferred
 async def test_the_first_online_event_carries_the_limits_in_force() -> None:
     h = Harness(
-        limits=Limits(max_message_length=500, message_rate=2.5, message_burst=4, queue_burst=3)
+        limits=Limits(
+            max_message_length=500,
+            message_rate=2.5,
+            message_burst=4,
+            queue_burst=3,
+            interest_wait=2.5,
+        )
     )
     try:
         a = await h.connect()
@@ -672,6 +684,9 @@ async def test_the_first_online_event_carries_the_limits_in_force() -> None:
             "signal_length": 16384,
             "signal_rate": 20,
             "signal_burst": 60,
+            "interests": 10,
+            "interest_length": 30,
+            "interest_wait": 2.5,
         }
         b = await h.connect()
         h.tick(1.0)

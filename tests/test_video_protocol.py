@@ -67,7 +67,7 @@ async def test_video_clients_meet_and_signal_only_to_each_other(harness: Harness
         signal({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}})
     ]
     assert c.take() == [] and d.take() == []
-    # A text chat's paired event is as it always was, and it cannot signal.
+    # A text chat's paired event has no video fields, and it cannot signal.
     c.send(signal(OFFER))
     harness.pump()
     assert c.take() == [
@@ -90,7 +90,7 @@ async def test_text_and_video_queues_never_mix(harness: Harness) -> None:
     # A second text client meets the first text one, not the video one.
     other = await harness.connect()
     assert kinds(other) == ["online", "waiting", "paired"]
-    assert [e for e in text.take() if e["type"] != "online"] == [{"type": "paired"}]
+    assert [e for e in text.take() if e["type"] != "online"] == [{"type": "paired", "common": []}]
     assert [e for e in video.take() if e["type"] != "online"] == []
     # A waiting client that turns video on moves to the video queue at once.
     late = await harness.connect()
@@ -129,8 +129,8 @@ async def test_a_chat_keeps_its_kind_until_next(harness: Harness) -> None:
     a.send({"type": "next"})
     b.send({"type": "next"})
     harness.pump()
-    assert [e for e in a.take() if e["type"] == "paired"] == [{"type": "paired"}]
-    assert [e for e in b.take() if e["type"] == "paired"] == [{"type": "paired"}]
+    assert [e for e in a.take() if e["type"] == "paired"] == [{"type": "paired", "common": []}]
+    assert [e for e in b.take() if e["type"] == "paired"] == [{"type": "paired", "common": []}]
 
 
 @pytest_twisted.ensureDeferred
