@@ -21,7 +21,18 @@ from roulette.lobby import Gate
 
 ERROR_CODES = {"bad_json", "bad_message", "too_long", "not_paired", "rate_limited"}
 CLOSE_CODES = {1003, 1007, 1008, 1009}
-TYPES = ["message", "typing", "next", "stop", "report", "online", "paired", "", "MESSAGE"]
+TYPES = [
+    "message",
+    "typing",
+    "next",
+    "stop",
+    "report",
+    "interests",
+    "online",
+    "paired",
+    "",
+    "MESSAGE",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -36,6 +47,7 @@ commands = st.fixed_dictionaries(
         "text": json_values | st.text(max_size=2100),
         "active": json_values,
         "reason": json_values | st.text(max_size=600),
+        "tags": json_values | st.lists(st.text(max_size=40), max_size=12),
     },
 )
 frames = st.one_of(
@@ -82,6 +94,11 @@ def answer(
                 assert theirs == [left]
             else:
                 assert [e.get("code") for e in mine] == ["not_paired"], mine
+        case wire.Interests(tags):
+            # Answered; a chat is left alone (the partner hears nothing).
+            assert mine == [{"type": "interests", "tags": list(tags)}], mine
+            if paired:
+                assert theirs == [], theirs
 
 
 class Fuzzer:
