@@ -107,7 +107,12 @@ async def test_each_broken_rule_is_named_and_the_interests_kept(
 async def test_interests_are_normalised_and_answered(harness: Harness) -> None:
     a = await harness.connect()
     a.take()
-    a.send({"type": "interests", "tags": ["Cats ", "\uff23\uff21\uff34\uff33", "  Big \t\n Dogs", "Straße"]})
+    a.send(
+        {
+            "type": "interests",
+            "tags": ["Cats ", "\uff23\uff21\uff34\uff33", "  Big \t\n Dogs", "Straße"],
+        }
+    )
     harness.pump()
     assert a.take() == [{"type": "interests", "tags": ["cats", "big dogs", "strasse"]}]
     a.send({"type": "interests", "tags": []})
