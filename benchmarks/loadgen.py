@@ -61,8 +61,15 @@ class Totals:
 class Client(asyncio.Protocol):
     """One connection: handshake, wait for ``paired``, then send as told."""
 
-    def __init__(self, host: str, totals: Totals, on_message: Callable[[Client], None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        totals: Totals,
+        on_message: Callable[[Client], None],
+        path: str = "/ws",
+    ) -> None:
         self.host = host
+        self.path = path
         self.totals = totals
         self.on_message = on_message
         self.transport: asyncio.Transport | None = None
@@ -79,7 +86,7 @@ class Client(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         self.transport.write(
             (
-                f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -169,6 +176,7 @@ async def connect(
     concurrency: int = 200,
     timeout: float = 60,
     across: bool = True,
+    paths: Callable[[int], str] | None = None,
 ) -> list[Client]:
     """Open ``count`` connections, ``concurrency`` handshakes at a time, and
     wait until they are paired (against an echo each is its own partner).
@@ -176,17 +184,19 @@ async def connect(
 
     With two ports (two processes of one pool), connections go to each in
     turn; ``across``, one pair at a time, so that every chat is across the
-    two (otherwise all at once, and chats fall where they may)."""
+    two (otherwise all at once, and chats fall where they may).  ``paths``
+    gives the request path of the i-th connection (default ``/ws``)."""
     loop = asyncio.get_running_loop()
     clients: list[Client] = []
     gate = asyncio.Semaphore(concurrency)
     ports = port if isinstance(port, list) else [port]
 
-    async def one(to: int) -> Client | None:
+    async def one(to: int, i: int = 0) -> Client | None:
+        path = paths(i) if paths is not None else "/ws"
         async with gate:
             try:
                 _, client = await loop.create_connection(
-                    lambda: Client(f"{host}:{to}", totals, on_message), host, to
+                    lambda: Client(f"{host}:{to}", totals, on_message, path), host, to
                 )
                 opened = await asyncio.wait_for(client.opened, timeout)
             except OSError:  # TimeoutError included
@@ -198,7 +208,7 @@ async def connect(
             return None
 
     if len(ports) == 1 or not across:
-        await asyncio.gather(*(one(ports[i % len(ports)]) for i in range(count)))
+        await asyncio.gather(*(one(ports[i % len(ports)], i) for i in range(count)))
     else:
         for _ in range(0, count, len(ports)):
             pair = [await one(to) for to in ports]
