@@ -33,6 +33,7 @@ def test_defaults() -> None:
     assert options["port"] == "tcp:8080"
     assert options["max-message-length"] == 2000
     assert options["repair-cooldown"] == 60.0
+    assert options["interest-wait"] == 10.0
     assert options["auto-ping-interval"] == 20.0
     assert options["auto-ping-timeout"] == 10.0
     assert options["web-root"] == default_web_root()
@@ -47,6 +48,8 @@ def test_defaults() -> None:
         ("--max-message-length", "many"),
         ("--repair-cooldown", "-1"),
         ("--repair-cooldown", "nan"),
+        ("--interest-wait", "-1"),
+        ("--interest-wait", "inf"),
         ("--message-rate", "inf"),
         ("--shutdown-grace", "1e400"),
         ("--auto-ping-timeout", "0.5"),
