@@ -14,30 +14,15 @@ from collections.abc import Iterator
 import pytest
 import test_page
 from axe_playwright_python.sync_playwright import Axe
-from browser import CHROMIUM, CHROMIUM_ARGS
-from playwright.sync_api import Browser, Locator, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Locator, WebSocketRoute, expect
 from support import RunningServer, free_port
-from test_page import LOOKING, Chat, OpenChat, expect_chatting
+from test_page import LOOKING, Chat, OpenChat, chose_interests, expect_chatting
 
 pytestmark = pytest.mark.browser
 
 # test_page's fixtures: its server (one for this module), and a tab on it per call.
 server = test_page.server
 open_chat = test_page.open_chat
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Chromium for this module's tabs (open_chat's).  Not test_page's own,
-    which is kept for the whole session: Playwright's sync API runs one at a
-    time, so this one is closed once the module is done, before test_page's
-    is started (the modules run in alphabetical order)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 INTERESTS_KEY = "roulette.interests"
@@ -60,17 +45,6 @@ def quick_server() -> Iterator[RunningServer]:
     ).start()
     yield running
     running.close()
-
-
-def saved(running: RunningServer, tags: list[str]) -> dict[str, object]:
-    """Context options for a browser that chose these interests on an earlier visit."""
-    storage = {"name": INTERESTS_KEY, "value": json.dumps(tags)}
-    return {
-        "storage_state": {
-            "cookies": [],
-            "origins": [{"origin": running.http_url, "localStorage": [storage]}],
-        }
-    }
 
 
 def tell_limits(chat: Chat, limits: dict[str, float]) -> None:
@@ -182,7 +156,7 @@ def test_strangers_who_share_an_interest_are_told_so(
     open_chat: OpenChat, server: RunningServer
 ) -> None:
     # Bob chose cats last time; Alice picks hers once the page is open.
-    bob = open_chat(**saved(server, ["cats"]))
+    bob = open_chat(**chose_interests(server, ["cats"]))
     expect(chips(bob)).to_have_text(["cats"])
     alice = open_chat()
     expect(alice.status).to_have_text(LOOKING)
@@ -200,8 +174,8 @@ def test_strangers_who_share_an_interest_are_told_so(
     expect(bob.lines).to_have_text(["You both like cats.", "Stranger: meow"])
 
     # Three in common: listed in order, the last after "and".
-    carol = open_chat(**saved(server, ["tea", "dogs", "cats", "chess"]))
-    dave = open_chat(**saved(server, ["chess", "dogs", "cats"]))
+    carol = open_chat(**chose_interests(server, ["tea", "dogs", "cats", "chess"]))
+    dave = open_chat(**chose_interests(server, ["chess", "dogs", "cats"]))
     expect_chatting(carol, dave, timeout=5_000)
     for chat in (carol, dave):
         expect(chat.lines.first).to_have_text("You both like cats, chess and dogs.")
@@ -210,8 +184,8 @@ def test_strangers_who_share_an_interest_are_told_so(
 def test_no_one_sharing_an_interest_means_a_random_stranger(
     open_chat: OpenChat, quick_server: RunningServer
 ) -> None:
-    alice = open_chat(on=quick_server, **saved(quick_server, ["cats"]))
-    bob = open_chat(on=quick_server, **saved(quick_server, ["dogs"]))
+    alice = open_chat(on=quick_server, **chose_interests(quick_server, ["cats"]))
+    bob = open_chat(on=quick_server, **chose_interests(quick_server, ["dogs"]))
     expect(alice.status).to_have_text(LOOKING)
     expect_chatting(alice, bob)
     for chat in (alice, bob):
@@ -227,11 +201,11 @@ def test_no_one_sharing_an_interest_means_a_random_stranger(
 
     # A server that does not match by interests (interest_wait 0, as Erin's
     # tab is told) has no Interests box, and never speaks of a fallback.
-    erin = open_chat(on=quick_server, **saved(quick_server, ["cats"]))
+    erin = open_chat(on=quick_server, **chose_interests(quick_server, ["cats"]))
     expect(interest_box(erin)).to_be_visible()
     tell_limits(erin, {"interest_wait": 0})
     expect(interest_box(erin)).to_be_hidden()
-    frank = open_chat(on=quick_server, **saved(quick_server, ["dogs"]))
+    frank = open_chat(on=quick_server, **chose_interests(quick_server, ["dogs"]))
     expect_chatting(erin, frank)
     expect(frank.lines).to_have_text([FALLBACK])
     erin.say("hello")
@@ -240,8 +214,8 @@ def test_no_one_sharing_an_interest_means_a_random_stranger(
 
 def test_interests_on_a_phone_in_dark_mode(open_chat: OpenChat, server: RunningServer) -> None:
     tags = ["cats", "a rather long interest to show", "chess", "tea", "go", "jazz"]
-    alice = open_chat(color_scheme="dark", **PHONE, **saved(server, tags))
-    bob = open_chat(color_scheme="dark", **PHONE, **saved(server, ["cats"]))
+    alice = open_chat(color_scheme="dark", **PHONE, **chose_interests(server, tags))
+    bob = open_chat(color_scheme="dark", **PHONE, **chose_interests(server, ["cats"]))
     expect_chatting(alice, bob, timeout=5_000)
     expect(alice.lines).to_have_text(["You both like cats."])
     expect(chips(alice)).to_have_text(tags)

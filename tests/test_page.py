@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import websockets.sync.client
-from browser import CHROMIUM, CHROMIUM_ARGS, Tab
+from browser import CHROMIUM, Tab
 from support import IN_CI, RunningServer, free_port, wait_until
 
 if not Path(CHROMIUM).exists() and not IN_CI:
@@ -37,7 +37,6 @@ from playwright.sync_api import (
     Request,
     WebSocketRoute,
     expect,
-    sync_playwright,
 )
 
 pytestmark = pytest.mark.browser
@@ -128,19 +127,18 @@ def expect_chatting(*chats: Chat, timeout: float | None = None) -> None:
         expect(chat.status).to_have_text(CHATTING, timeout=timeout)
 
 
+def chose_interests(running: RunningServer, tags: list[str]) -> dict[str, object]:
+    """Context options for a browser that chose these interests on an earlier visit."""
+    storage = {"name": "roulette.interests", "value": json.dumps(tags)}
+    return {
+        "storage_state": {
+            "cookies": [],
+            "origins": [{"origin": running.http_url, "localStorage": [storage]}],
+        }
+    }
+
+
 # -- fixtures ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +333,7 @@ class Relay:
         self.connections = 0
         self._route: WebSocketRoute | None = None
         self._server: WebSocketRoute | None = None
-        self.page.route_web_socket(re.compile(r"/ws$"), self._connect)
+        self.page.route_web_socket(re.compile(r"/ws(\?.*)?$"), self._connect)
         self.page.reload()
         self.wait_for(lambda: "waiting" in self.received)
 
@@ -1091,11 +1089,14 @@ def test_keyboard_only(open_chat: OpenChat) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_screenshot(open_chat: OpenChat, scheme: str, tmp_path: Path) -> None:
+def test_screenshot(
+    open_chat: OpenChat, server: RunningServer, scheme: str, tmp_path: Path
+) -> None:
     size = {"viewport": {"width": 960, "height": 640}, "color_scheme": scheme}
-    alice = open_chat(**size)
-    bob = open_chat(**size)
+    alice = open_chat(**size, **chose_interests(server, ["cats", "chess", "rainy days"]))
+    bob = open_chat(**size, **chose_interests(server, ["cats", "films"]))
     expect_chatting(alice, bob)
+    expect(alice.log.get_by_text("You both like cats.")).to_be_visible()
     bob.say("hi! where are you from?")
     alice.say("Hello! Somewhere with too much rain. You?")
     bob.say("Same here, honestly.\nIt has not stopped for a week.")

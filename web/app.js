@@ -27,6 +27,15 @@
 // not_paired, not_video and too_long without an id can only be theirs (a
 // message always goes with an id, a report is counted apart), and they are
 // not the person's business: the chat they belonged to is over.
+//
+// Interests (a few topics, kept in localStorage) go in the connection's
+// address, so that they count from the first match, and in an "interests"
+// command whenever the person changes them (quick changes make one command,
+// within the command budget).  The server answers each with the list as it
+// understood it, or refuses it (bad_message, no id); the answer to the last
+// list sent is the list the chips show.  The last list it accepted is the one
+// a match went by: a "paired" whose "common" is empty after a wait with
+// interests was a fallback to a random stranger, and the log says so.
 "use strict";
 
 (function () {
@@ -72,6 +81,9 @@
     signal_length: 16384,
     signal_rate: 20,
     signal_burst: 60,
+    interests: 10,
+    interest_length: 30,
+    interest_wait: 10, // 0: the server does not match by interests
   };
   var BUDGET_SHARE = 0.8;
   var maxLength = DEFAULT_LIMITS.message_length;
@@ -80,6 +92,16 @@
   var signalLength = DEFAULT_LIMITS.signal_length;
   var signalBudget = underBudget(DEFAULT_LIMITS.signal_rate, DEFAULT_LIMITS.signal_burst);
   var signalDelay = 1000 / (DEFAULT_LIMITS.signal_rate * BUDGET_SHARE); // ms per token
+  var maxInterests = DEFAULT_LIMITS.interests;
+  var interestLength = DEFAULT_LIMITS.interest_length;
+  var interestWait = DEFAULT_LIMITS.interest_wait;
+  var INTERESTS_KEY = "roulette.interests"; // a JSON list of normalised tags
+  var INTERESTS_DEBOUNCE_MS = 800; // changes this close together make one command
+  var INTERESTS_RETRY_MS = 1000; // over the command budget: try again after this
+  var FALLBACK_LINE = "No one with your interests was around, so here's a random stranger.";
+  // Whitespace as the server (Python's str.isspace) sees it.
+  var SPACES = /[\t-\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
+  var CONTROLS = /[\x00-\x1f\x7f-\x9f]/;
   // Why the server refused a message, as the line in the log says it.
   var REFUSALS = {
     too_long: "too long",
@@ -117,6 +139,10 @@
   var micBtn = document.getElementById("mic");
   var cameraBtn = document.getElementById("camera");
   var placeholderEl = document.getElementById("placeholder");
+  var interestsEl = document.getElementById("interests");
+  var chipsEl = document.getElementById("chips");
+  var interestBox = document.getElementById("interest");
+  var interestNoteEl = document.getElementById("interest-note");
 
   var baseTitle = document.title;
 
@@ -167,12 +193,29 @@
   var signalQueue = []; // frames waiting for the signal budget
   var signalTimer = 0;
 
+  // Interests.  "interests" is the person's list, normalised, as the chips
+  // show it; "interestsSent" the list this connection's server was last
+  // given (in the address or a command), with "interestsOwed" answers still
+  // to come; "interestsHeld" the list it last accepted, which is the one a
+  // match goes by.
+  var interests = loadInterests();
+  var interestsSent = [];
+  var interestsOwed = 0;
+  var interestsHeld = [];
+  var interestsTimer = 0;
+
   // -- the connection ------------------------------------------------------
 
-  function socketUrl() {
+  function socketUrl(tags) {
     var url = new URL("ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    url.search = videoMode ? "?video=1" : "";
+    var query = new URLSearchParams();
+    if (videoMode) query.append("video", "1");
+    tags.forEach(function (tag) {
+      query.append("interest", tag);
+    });
+    var search = query.toString();
+    url.search = search ? "?" + search : "";
     url.hash = "";
     return url.href;
   }
@@ -184,13 +227,17 @@
       return;
     }
     var sock;
+    var sockTags = interests.slice(); // the address says them
     try {
-      sock = new WebSocket(socketUrl());
+      sock = new WebSocket(socketUrl(sockTags));
     } catch (err) {
       scheduleReconnect();
       return;
     }
     ws = sock;
+    interestsSent = sockTags;
+    interestsOwed = sockTags.length ? 1 : 0; // answered right after the first "online"
+    interestsHeld = [];
     var sockVideo = videoMode; // the address says it
     var heard = false;
     limitsKnown = false; // this server's first "online" says them
@@ -215,6 +262,8 @@
       switchPending = false;
       // Video was turned on or off while this connection was on its way.
       if (videoMode !== socketVideo) tellMode();
+      // Interests too.
+      if (!sameTags(interests, interestsSent)) sendInterestsSoon();
       render();
     });
     sock.addEventListener("message", function (ev) {
@@ -240,6 +289,7 @@
       lost = true;
       reportUnanswered = false;
       onlineEl.textContent = "";
+      interestsOwed = 0; // the next connection gives them in its address
       closePeer();
       abandonUnconfirmed();
       disarmEsc();
@@ -343,6 +393,10 @@
           applyLimits(event.limits && typeof event.limits === "object" ? event.limits : {});
         }
         return;
+      case "interests":
+        // Not about a chat: the answer to the interests this page gave.
+        onInterests(event.tags);
+        return;
       case "sent":
         // Answers name a line by its id, whatever chat the page is in now.
         if (unconfirmed.hasOwnProperty(event.id)) {
@@ -359,6 +413,23 @@
             delete unconfirmed[event.id];
             if (typeof event.message === "string" && event.message) showNotice(event.message);
           }
+          return;
+        }
+        if (event.code === "bad_message" && interestsOwed > 0) {
+          // The page sends nothing else the server could find malformed.
+          interestsRefused(event.message);
+          return;
+        }
+        if (
+          event.code === "rate_limited" &&
+          interestsOwed > 0 &&
+          Date.now() - lastQueueCommandAt >= RESYNC_WINDOW_MS
+        ) {
+          // No next, stop, report or video of late: the interests were
+          // refused, and nothing else.  Send them again in a moment.
+          interestsOwed -= 1;
+          interestsSent = null;
+          sendInterestsSoon(INTERESTS_RETRY_MS);
           return;
         }
         if (event.code === "not_paired" && reportUnanswered) {
@@ -417,6 +488,7 @@
         closePeer();
         clearLog();
         clearNotice();
+        introduce(event.common);
         setPhase("chatting");
         if (isVideo && videoMode && localStream) {
           startPeer(event.offer === true, event.ice_servers);
@@ -678,6 +750,291 @@
     setTimeout(function () {
       URL.revokeObjectURL(url);
     }, 60000);
+  }
+
+  // -- interests ---------------------------------------------------------------
+
+  // What the person typed in the Interests box, up to each comma (and all of
+  // it on Enter), becomes chips.  A tag the server would refuse stays in the
+  // box, with the reason beside it; "keepLast" leaves the text after the last
+  // comma in the box, still being typed.
+  function takeInterests(keepLast) {
+    var parts = interestBox.value.split(",");
+    var last = keepLast ? parts.pop() : "";
+    var added = interests.slice();
+    var left = null;
+    var note = "";
+    for (var i = 0; i < parts.length; i++) {
+      var problem = interestProblem(parts[i], added);
+      if (problem === "") {
+        added.push(normaliseInterest(parts[i]));
+      } else if (problem) {
+        note = problem;
+        left = parts.slice(i);
+        break;
+      }
+    }
+    if (left) {
+      if (keepLast) left.push(last);
+      last = left.join(",");
+    }
+    if (interestBox.value !== last) interestBox.value = last;
+    if (!sameTags(added, interests)) setInterests(added);
+    showInterestNote(note);
+  }
+
+  // Why the server would refuse the tag "raw" after "tags": a sentence; ""
+  // when it would not; null when there is nothing to add (blank, or already
+  // there).
+  function interestProblem(raw, tags) {
+    var tag = normaliseInterest(raw);
+    if (!tag || tags.indexOf(tag) >= 0) return null;
+    var length = codePoints(tag);
+    if (length > interestLength) {
+      return (
+        "An interest can be at most " + interestLength + " characters long; that one has " +
+        length + "."
+      );
+    }
+    if (CONTROLS.test(tag) || (typeof raw.isWellFormed === "function" && !raw.isWellFormed())) {
+      return "That interest contains characters that cannot be sent.";
+    }
+    if (tags.length >= maxInterests) {
+      return "You can have at most " + maxInterests + " interests: remove one first.";
+    }
+    return "";
+  }
+
+  function removeInterest(tag) {
+    var index = interests.indexOf(tag);
+    if (index < 0) return;
+    var left = interests.slice();
+    left.splice(index, 1);
+    setInterests(left);
+    showInterestNote("");
+  }
+
+  // The person's list changed (or the server's answer replaced it): keep it,
+  // show it, and tell the server soon.
+  function setInterests(tags) {
+    interests = tags;
+    saveInterests(tags);
+    renderChips();
+    sendInterestsSoon();
+  }
+
+  function sendInterestsSoon(delay) {
+    clearTimeout(interestsTimer);
+    interestsTimer = setTimeout(sendInterests, delay || INTERESTS_DEBOUNCE_MS);
+  }
+
+  // Give the server the person's list, if it differs from the last one sent
+  // and the command budget allows; a connection still to come gives it in
+  // its address.
+  function sendInterests() {
+    interestsTimer = 0;
+    if (!connected || sameTags(interests, interestsSent)) return;
+    if (!queueBudget()) {
+      interestsTimer = setTimeout(sendInterests, INTERESTS_RETRY_MS);
+      return;
+    }
+    var tags = interests.slice();
+    if (!transmit({ type: "interests", tags: tags })) return;
+    interestsSent = tags;
+    interestsOwed += 1;
+  }
+
+  // The server's answer: the list it keeps now.  If it answers the last
+  // list sent, and the person has changed nothing since, its words are the
+  // last (it normalises; the page only guesses).
+  function onInterests(given) {
+    if (!Array.isArray(given)) return;
+    var tags = given.filter(function (tag) {
+      return typeof tag === "string" && tag !== "";
+    });
+    if (interestsOwed > 0) interestsOwed -= 1;
+    interestsHeld = tags;
+    if (interestsOwed === 0 && sameTags(interests, interestsSent)) {
+      interestsSent = tags.slice();
+      if (!sameTags(interests, tags)) setInterests(tags.slice());
+    }
+  }
+
+  // The server refused the interests sent (it keeps the ones it had): the
+  // chips show those again, if the person has changed nothing since.
+  function interestsRefused(message) {
+    interestsOwed -= 1;
+    if (interestsOwed > 0 || !sameTags(interests, interestsSent)) return;
+    interestsSent = interestsHeld.slice();
+    setInterests(interestsHeld.slice());
+    showInterestNote(
+      "Your interests were not accepted" +
+        (typeof message === "string" && message ? ": " + message : ".")
+    );
+  }
+
+  // The first line of a new chat: what the two share, or that nobody who
+  // shares the person's interests was around.
+  function introduce(common) {
+    var shared = Array.isArray(common)
+      ? common.filter(function (tag) {
+          return typeof tag === "string" && tag !== "";
+        })
+      : [];
+    if (shared.length) addInfo("You both like " + listWords(shared) + ".");
+    else if (interestsHeld.length && interestWait > 0) addInfo(FALLBACK_LINE);
+  }
+
+  // "a", "a and b", "a, b and c".
+  function listWords(words) {
+    if (words.length < 2) return words.join("");
+    return words.slice(0, -1).join(", ") + " and " + words[words.length - 1];
+  }
+
+  function renderChips() {
+    // Keep the keyboard on the same place in the row of chips.
+    var buttons = chipsEl.querySelectorAll("button");
+    var focused = Array.prototype.indexOf.call(buttons, document.activeElement);
+    chipsEl.textContent = "";
+    interests.forEach(function (tag) {
+      var chip = document.createElement("li");
+      chip.className = "chip";
+      var text = document.createElement("span");
+      text.className = "chip-text";
+      text.textContent = tag;
+      var remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "chip-remove";
+      remove.setAttribute("aria-label", "Remove " + tag);
+      remove.addEventListener("click", function () {
+        removeInterest(tag);
+      });
+      chip.appendChild(text);
+      chip.appendChild(remove);
+      chipsEl.appendChild(chip);
+    });
+    chipsEl.hidden = interests.length === 0;
+    if (focused >= 0) {
+      buttons = chipsEl.querySelectorAll("button");
+      if (buttons.length) buttons[Math.min(focused, buttons.length - 1)].focus();
+      else interestBox.focus();
+    }
+  }
+
+  // A server that does not match by interests gets no box.
+  function renderInterests() {
+    var off = interestWait === 0;
+    if (interestsEl.hidden === off) return;
+    if (off && interestsEl.contains(document.activeElement)) box.focus();
+    interestsEl.hidden = off;
+  }
+
+  function showInterestNote(text) {
+    if (interestNoteEl.textContent !== text) interestNoteEl.textContent = text;
+  }
+
+  // A server's limits, once known, may be tighter than the saved list.
+  function fitInterests() {
+    var fitting = interests
+      .filter(function (tag) {
+        return codePoints(tag) <= interestLength;
+      })
+      .slice(0, maxInterests);
+    if (sameTags(fitting, interests)) return;
+    setInterests(fitting);
+    showInterestNote(
+      "This server takes at most " + maxInterests + " interests of at most " + interestLength +
+        " characters: some were left out."
+    );
+  }
+
+  // One interest as the server compares it: Unicode NFKC, case-folded,
+  // trimmed, every run of whitespace inside it one space.
+  function normaliseInterest(text) {
+    var folded = foldCase(text.normalize("NFKC")).normalize("NFKC");
+    return folded.replace(SPACES, " ").replace(/^ | $/g, "");
+  }
+
+  // Unicode's full case folding (Python's str.casefold), from what
+  // JavaScript has: lower, upper, then lower again folds "ß" and "ẞ" to
+  // "ss" as casefold does; dotless "ı" stays, Cherokee folds to its capitals,
+  // and the final sigma "ς" to "σ".
+  function foldCase(text) {
+    return text
+      .replace(/[^ıᎠ-Ᏽᏸ-ᏽꭰ-ꮿ]+/g, function (run) {
+        return run.toLowerCase().toUpperCase().toLowerCase();
+      })
+      .replace(/[ᏸ-ᏽꭰ-ꮿ]/g, function (c) {
+        return c.toUpperCase();
+      })
+      .replace(/ς/g, "σ");
+  }
+
+  function sameTags(a, b) {
+    if (!a || !b || a.length !== b.length) return false;
+    for (var i = 0; i < a.length; i++) {
+      if (a[i] !== b[i]) return false;
+    }
+    return true;
+  }
+
+  function saveInterests(tags) {
+    try {
+      if (tags.length) localStorage.setItem(INTERESTS_KEY, JSON.stringify(tags));
+      else localStorage.removeItem(INTERESTS_KEY);
+    } catch (err) {
+      // Storage may be unavailable: the list lasts as long as the page.
+    }
+  }
+
+  // The saved list, normalised again, each once, within protocol v1's limits
+  // (the server's own, once known, are applied then).
+  function loadInterests() {
+    var saved;
+    try {
+      saved = JSON.parse(localStorage.getItem(INTERESTS_KEY) || "[]");
+    } catch (err) {
+      saved = [];
+    }
+    var tags = [];
+    if (!Array.isArray(saved)) return tags;
+    saved.forEach(function (raw) {
+      if (typeof raw !== "string" || tags.length >= DEFAULT_LIMITS.interests) return;
+      var tag = normaliseInterest(raw);
+      if (
+        tag &&
+        tags.indexOf(tag) < 0 &&
+        codePoints(tag) <= DEFAULT_LIMITS.interest_length &&
+        !CONTROLS.test(tag) &&
+        !(typeof raw.isWellFormed === "function" && !raw.isWellFormed())
+      ) {
+        tags.push(tag);
+      }
+    });
+    return tags;
+  }
+
+  function onInterestKeyDown(ev) {
+    if (ev.isComposing || ev.keyCode === 229) return;
+    if (ev.key === "Enter" || ev.key === ",") {
+      ev.preventDefault();
+      takeInterests(false);
+    } else if (
+      ev.key === "Backspace" &&
+      !ev.repeat &&
+      interestBox.value === "" &&
+      interests.length
+    ) {
+      // An empty box: Backspace takes the last chip back.
+      ev.preventDefault();
+      removeInterest(interests[interests.length - 1]);
+    }
+  }
+
+  function onInterestInput() {
+    // A comma typed where keys are not told apart, or pasted.
+    if (interestBox.value.indexOf(",") >= 0) takeInterests(true);
+    else showInterestNote("");
   }
 
   // -- video -------------------------------------------------------------------
@@ -1249,6 +1606,16 @@
     state.textContent = " (" + text + ")";
   }
 
+  // A line from the page itself, not from either person.
+  function addInfo(text) {
+    var line = document.createElement("p");
+    line.className = "line info";
+    line.textContent = text;
+    logEl.appendChild(line);
+    saveBtn.disabled = false;
+    return line;
+  }
+
   function clearLog() {
     logEl.textContent = "";
     saveBtn.disabled = true;
@@ -1315,6 +1682,14 @@
     signalBudget = underBudget(pick("signal_rate"), pick("signal_burst"));
     signalDelay = 1000 / (pick("signal_rate") * BUDGET_SHARE);
     updateCounter();
+    maxInterests = Math.floor(pick("interests"));
+    interestLength = Math.floor(pick("interest_length"));
+    // Here 0 means something: no matching by interests.
+    var wait = given.interest_wait;
+    interestWait =
+      typeof wait === "number" && isFinite(wait) && wait >= 0 ? wait : DEFAULT_LIMITS.interest_wait;
+    renderInterests();
+    fitInterests();
   }
 
   // A bucket a little under the server's: BUDGET_SHARE of its rate and burst.
@@ -1399,6 +1774,8 @@
   cameraBtn.addEventListener("click", toggleCamera);
   videoNextBtn.addEventListener("click", next);
   unmuteBtn.addEventListener("click", unmuteStranger);
+  interestBox.addEventListener("keydown", onInterestKeyDown);
+  interestBox.addEventListener("input", onInterestInput);
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("visibilitychange", onVisibilityChange);
   window.addEventListener("online", function () {
@@ -1409,6 +1786,7 @@
     }
   });
 
+  renderChips();
   render();
   restoreVideo(connect);
 })();
