@@ -25,12 +25,20 @@ clients with interests of their own (a vocabulary large enough that none
 shares one), for a joiner with three interests none of them shares and for
 one without interests.  An index makes it flat; a scan of the queue would
 grow with it.
+
+**A whole join in process** (no sockets, the garbage collector off): the
+handshake fed to a connection of the server's own factory, then the join;
+5,000 in a row, without interests, with one to three in the address, and
+with them in the address of a server that does not match by them
+(``interest_wait`` 0): what reading and answering them costs apart from
+matching by them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -49,18 +57,24 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import run  # noqa: E402
+from relay_in_process import Discarding  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
 
+from roulette.abuse import AddressLimits  # noqa: E402
 from roulette.core import MemoryMatchmaker  # noqa: E402
+from roulette.limits import Limits  # noqa: E402
+from roulette.lobby import Gate, Lobby  # noqa: E402
+from roulette.server import RouletteFactory  # noqa: E402
 
 WITH, WITHOUT = "interests", "no interests"
 
 
-def paths(vocabulary: int, rng: random.Random) -> list[str]:
-    """A URL path for each of many clients: one to three random interests."""
+def paths(vocabulary: int, rng: random.Random, count: int = 20_000) -> list[str]:
+    """A URL path for each of ``count`` clients: one to three random interests."""
     words = [f"w{i}" for i in range(vocabulary)]
     return [
         "/ws?" + urlencode([("interest", w) for w in rng.sample(words, rng.randint(1, 3))])
-        for _ in range(20_000)
+        for _ in range(count)
     ]
 
 
@@ -167,6 +181,49 @@ def in_matchmaker(queues: list[int], tries: int) -> list[dict[str, Any]]:
     return records
 
 
+def handshake(path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def joins_in_process(vocabulary: int, count: int, rounds: int) -> dict[str, float]:
+    """µs of CPU a join (handshake included), best of ``rounds``."""
+    cases = {
+        WITHOUT: (None, 10.0),
+        WITH: (vocabulary, 10.0),
+        "interests, not matched": (vocabulary, 0.0),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for case, (words, wait) in cases.items():
+            clock = Clock()
+            clock.advance(1000)
+            mm = MemoryMatchmaker(random.Random(0), clock.seconds, 0, interest_wait=wait)
+            lobby = Lobby(mm, clock, Gate(addresses=AddressLimits(10**6, 10**6)))
+            factory = RouletteFactory(lobby, limits=Limits(interest_wait=wait), reactor=clock)
+            urls = paths(words, random.Random(1), count) if words else ["/ws"] * count
+            requests = [handshake(url) for url in urls]
+            kept = []
+            gc.disable()
+            try:
+                started = time.process_time()
+                for request in requests:
+                    protocol = factory.buildProtocol(None)
+                    protocol.makeConnection(Discarding())
+                    protocol.dataReceived(request)
+                    kept.append(protocol)
+                took = (time.process_time() - started) / count * 1e6
+            finally:
+                gc.enable()
+            best[case] = min(best[case], took)
+    row = {case: round(us, 1) for case, us in best.items()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
@@ -199,6 +256,8 @@ def main() -> None:
             print(json.dumps({"case": case, **summary}))
     print("\nin the matchmaker (µs a join):")
     in_matchmaker(queues, tries)
+    print("\na whole join in process (µs):")
+    joins_in_process(args.vocabulary, 5_000 if not args.quick else 500, args.rounds + 2)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class RouletteProtocol(WebSocketServerProtocol):
     _idle = False
     #: Made when first needed: most clients never signal.
     _signal_budget: TokenBucket | None = None
-    #: The interests the client gave (normalised), as it was last told.
+    #: The interests the client gave in the URL (normalised), which it joins with.
     _interests: tuple[str, ...] = ()
     #: What the client hears before it joins the queue: its interests from
     #: the URL, or why they were refused.
@@ -499,7 +499,6 @@ class RouletteProtocol(WebSocketServerProtocol):
                 case wire.Interests(tags):
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
-                    self._interests = tags
                     self.send_event(wire.encode_interests(tags))
                     # A waiting client joins again: the queue of its mode.
                     if not self._paired and not self._idle:
