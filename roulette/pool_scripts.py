@@ -475,7 +475,8 @@ return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostrin
 #:
 #: After the node was cut off from Redis, what it missed is told again: the
 #: clients Redis lost (it restarted empty, or the node's lease ran out and
-#: another node reaped them) are put back; a chat between two of this
+#: another node reaped them) are put back, and those whose interests
+#: changed meanwhile get them; a chat between two of this
 #: node's clients is kept, one with a client of another node is over (that
 #: node ends it on its side the same way); a client that was waiting waits
 #: again.  Clients Redis holds for this node that the node no longer has
@@ -512,6 +513,12 @@ for _, c in ipairs(order) do
       put(c, 'at', ARGV[2])
       put(c, 'offer', v.offer)
     end
+  elseif (get(c, 'tags') or '') ~= v.tags then
+    -- Its interests changed while the node was cut off: a waiting client
+    -- leaves the queue (its index entries are those of the old ones) and
+    -- is placed again below.
+    unwait(c)
+    if v.tags ~= '' then put(c, 'tags', v.tags) else drop(c, 'tags') end
   end
 end
 advance()

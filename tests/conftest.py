@@ -1,4 +1,5 @@
-"""Fixtures shared by the in-memory protocol tests, and the page tests' browser."""
+"""Fixtures shared by the in-memory protocol tests, the page tests' browser,
+and a redis-server for the pool's tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import pytest_twisted
 from browser import CHROMIUM, CHROMIUM_ARGS
 from memory import Harness
+from redis_server import RedisServer
 from twisted.internet import defer
 
 if TYPE_CHECKING:
@@ -35,3 +37,12 @@ def browser() -> Iterator[Browser]:
         )
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test module's own, on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -304,14 +303,6 @@ def test_interests_over_real_sockets() -> None:
     with RunningServer(None, "--interest-wait", "1") as server:
         took = _meet_by_interest_then_fall_back(server.ws_url, server.ws_url)
     assert took >= 1.0  # never before the wait is over
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_interests_across_two_processes_sharing_redis(redis: RedisServer) -> None:

@@ -23,14 +23,6 @@ from roulette.pool import RedisMatchmaker, parse_redis_url
 _prefixes = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 class Pool:
     """Nodes of one pool (a key prefix of their own) on a fake clock."""
 
@@ -447,6 +439,42 @@ async def test_what_a_node_missed_while_cut_off_is_told_when_it_is_back(pool: Po
 
 
 @pytest_twisted.ensureDeferred
+async def test_interests_meet_across_nodes_and_a_resync_brings_changed_ones(
+    redis: RedisServer,
+) -> None:
+    pool = Pool(redis, interest_wait=10)
+    try:
+        n1 = await pool.node(1)
+        n2 = await pool.node(2)
+        a, b, c, d = peers("a", "b", "c", "d")
+        n1.connect(a, "a", interests=("cats", "c++ [lua] %s"))
+        n2.connect(b, "b", interests=("dogs",))
+        await pool.settle()
+        n2.connect(c, "c", interests=("c++ [lua] %s", "zoë"))
+        await pool.settle()
+        assert a.take() == [("waiting",), ("paired",)] and a.common == ["c++ [lua] %s"]
+        assert c.take() == [("waiting",), ("paired",)] and c.common == ["c++ [lua] %s"]
+        # b waits for dogs.  Say its node missed telling Redis that b now
+        # likes cats instead (cut off): the resync brings the change.
+        b.take()
+        client = n2.client_id(b)
+        assert client is not None
+        n2._interests[client] = "cats\n"
+        n2._resync()
+        await pool.settle()
+        n1.connect(d, "d", interests=("cats",))
+        await pool.settle()
+        assert d.take() == [("waiting",), ("paired",)] and d.common == ["cats"]
+        assert b.take() == [("paired",)] and b.common == ["cats"]
+        # No index entry is left behind by the old interests.
+        prefix = pool.prefix
+        assert redis.command("ZCARD", f"{prefix}itag") == "0"
+        assert redis.command("ZCARD", f"{prefix}iwait") == "0"
+    finally:
+        await pool.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_notice_about_a_chat_already_left_is_dropped(pool: Pool) -> None:
     n1 = await pool.node(1)
     a = RecordingPeer("a")
@@ -480,13 +508,14 @@ async def test_a_unix_socket_url(redis: RedisServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_nothing_stays_in_redis_once_the_nodes_are_gone(redis: RedisServer) -> None:
-    pool = Pool(redis, lease=0.3)
+    pool = Pool(redis, lease=0.3, interest_wait=10)
     n1 = await pool.node(1)
     n2 = await pool.node(2)
-    a, b, c = peers("a", "b", "c")
+    a, b, c, d = peers("a", "b", "c", "d")
     n1.connect(a)
     n2.connect(b)
     n2.connect(c)
+    n1.connect(d, interests=("cats",))  # waits, in the interest indexes
     await pool.settle()
     n2.next(b)
     await pool.settle()
