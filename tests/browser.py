@@ -1,9 +1,11 @@
-"""What the browser tests share: Debian's Chromium, how it is launched, and a
-person's tab as the tests look at it (``test_page.py``, ``test_video.py``)."""
+"""What the browser tests share: Debian's Chromium, how it is launched, the
+server their tabs talk to, and a person's tab as the tests look at it
+(``test_page.py``, ``test_interests_page.py``, ``test_video.py``)."""
 
 from __future__ import annotations
 
 from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Locator
+from support import RunningServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -16,6 +18,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def page_server(*options: str) -> RunningServer:
+    """``twistd roulette`` started for a module's tabs, with ``options``:
+    strangers may meet again at once, and every tab connects from
+    127.0.0.1, so that address may connect often."""
+    return RunningServer(
+        free_port(), "--repair-cooldown", "0", "--connects-per-minute", "1000", *options
+    ).start()
 
 
 class Tab:

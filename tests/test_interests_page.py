@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import pytest
 import test_page
 from axe_playwright_python.sync_playwright import Axe
+from browser import page_server
 from playwright.sync_api import Locator, WebSocketRoute, expect
-from support import RunningServer, free_port
+from support import RunningServer
 from test_page import LOOKING, Chat, OpenChat, chose_interests, expect_chatting
 
 pytestmark = pytest.mark.browser
@@ -34,15 +35,7 @@ PHONE = {"viewport": {"width": 360, "height": 640}, "is_mobile": True, "has_touc
 def quick_server() -> Iterator[RunningServer]:
     """A server where a person with interests waits one second, not ten,
     before any stranger will do."""
-    running = RunningServer(
-        free_port(),
-        "--repair-cooldown",
-        "0",
-        "--connects-per-minute",
-        "1000",
-        "--interest-wait",
-        "1",
-    ).start()
+    running = page_server("--interest-wait", "1")
     yield running
     running.close()
 

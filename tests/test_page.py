@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import websockets.sync.client
-from browser import CHROMIUM, Tab
+from browser import CHROMIUM, Tab, page_server
 from support import IN_CI, RunningServer, free_port, wait_until
 
 if not Path(CHROMIUM).exists() and not IN_CI:
@@ -143,16 +143,7 @@ def chose_interests(running: RunningServer, tags: list[str]) -> dict[str, object
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    running = RunningServer(
-        free_port(),
-        "--repair-cooldown",
-        "0",
-        "--max-message-length",
-        str(SERVER_MAX_LENGTH),
-        # Every tab of the suite connects from 127.0.0.1.
-        "--connects-per-minute",
-        "1000",
-    ).start()
+    running = page_server("--max-message-length", str(SERVER_MAX_LENGTH))
     yield running
     running.close()
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, Tab
+from browser import CHROMIUM, CHROMIUM_ARGS, Tab, page_server
 from support import IN_CI, RunningServer, free_port, wait_until
 
 #: Set in the run inside the network namespace.
@@ -245,14 +245,7 @@ if IN_NETNS:
 
     @pytest.fixture(scope="module")
     def server() -> Iterator[RunningServer]:
-        running = RunningServer(
-            free_port(),
-            "--repair-cooldown",
-            "0",
-            # Every tab of the module connects from 127.0.0.1.
-            "--connects-per-minute",
-            "1000",
-        ).start()
+        running = page_server()
         yield running
         running.close()
 
