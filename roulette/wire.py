@@ -226,8 +226,12 @@ def normalise_interests(tags: object) -> tuple[str, ...]:
     return tuple(seen)
 
 
+#: One encoder for every event: ``json.dumps`` with options makes a new one each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _frame(event: dict[str, object]) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(event).encode("utf-8")
 
 
 #: Events without fields never change: encode them once.
