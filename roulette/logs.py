@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FileLogObserver, ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel, jsonFileLogObserver
 
 _log = Logger(namespace="roulette")
 
@@ -62,12 +62,15 @@ class Tally:
     def __init__(self, reactor: IReactorTime, interval: float = 60.0) -> None:
         self._reactor = reactor
         self.interval = interval
-        #: kind -> [format, events counted since the last line, time of the last line]
+        #: kind -> [level, events counted since the last line, time of the last line]
         self._kinds: dict[str, list[Any]] = {}
         self._flush: IDelayedCall | None = None
 
-    def note(self, kind: str, log_format: str, **fields: object) -> None:
-        """Count one event of ``kind``; log it if none was logged lately.
+    def note(
+        self, kind: str, log_format: str, level: LogLevel = LogLevel.warn, **fields: object
+    ) -> None:
+        """Count one event of ``kind``; log it (at ``level``) if none was
+        logged lately.
 
         ``log_format`` is a :mod:`twisted.logger` format; the fields of the
         first event of an interval are the ones logged.
@@ -77,8 +80,8 @@ class Tally:
         if entry is None or now - entry[2] >= self.interval:
             if entry is not None and entry[1]:
                 self._log_count(kind, entry)
-            _log.warn(log_format, **fields)
-            self._kinds[kind] = [log_format, 0, now]
+            _log.emit(level, log_format, **fields)
+            self._kinds[kind] = [level, 0, now]
             return
         entry[1] += 1
         if self._flush is None:
@@ -92,7 +95,8 @@ class Tally:
         return 0 if entry is None else entry[1]
 
     def _log_count(self, kind: str, entry: list[Any]) -> None:
-        _log.warn(
+        _log.emit(
+            entry[0],
             "{count} more of {kind!r} in the last {interval:.0f} s",
             count=entry[1],
             kind=kind,

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web import http, pages, resource, server, static
@@ -281,11 +281,17 @@ class Deadline:
     most one line a minute for each reason, whatever their number.
     """
 
-    __slots__ = ("_call", "_tally")
+    __slots__ = ("_call", "_tally", "_why")
+
+    #: What a connection that never sent a byte was dropped for.  Browsers
+    #: open spare connections ahead of need and leave most of them unused:
+    #: that is logged at debug level only.
+    SILENT = "no request"
 
     def __init__(self, tally: Tally | None = None) -> None:
         self._tally = tally
         self._call: IDelayedCall | None = None
+        self._why = ""
 
     @property
     def armed(self) -> bool:
@@ -295,8 +301,13 @@ class Deadline:
         self, call_later: Callable[..., IDelayedCall], timeout: float, transport: Any, why: str
     ) -> None:
         self.disarm()
+        self._why = why
         if timeout > 0:
-            self._call = call_later(timeout, self._expire, transport, timeout, why)
+            self._call = call_later(timeout, self._expire, transport, timeout)
+
+    def rename(self, why: str) -> None:
+        """Give the running deadline another reason, keeping its time."""
+        self._why = why
 
     def disarm(self) -> None:
         if self._call is not None:
@@ -304,17 +315,21 @@ class Deadline:
                 self._call.cancel()
             self._call = None
 
-    def _expire(self, transport: Any, timeout: float, why: str) -> None:
+    def _expire(self, transport: Any, timeout: float) -> None:
         self._call = None
         if transport is None:
             return
+        why = self._why
         fields = {"peer": peer_host(transport), "why": why, "timeout": timeout}
+        silent = why == Deadline.SILENT
         if self._tally is not None:
+            level = LogLevel.debug if silent else LogLevel.warn
             self._tally.note(
-                f"deadline: {why}", "dropping {peer}: {why} within {timeout} s", **fields
+                f"deadline: {why}", "dropping {peer}: {why} within {timeout} s", level, **fields
             )
         else:
-            log.info("dropping {peer}: {why} within {timeout} s", **fields)
+            level = LogLevel.debug if silent else LogLevel.info
+            log.emit(level, "dropping {peer}: {why} within {timeout} s", **fields)
         transport.abortConnection()
 
 
@@ -593,7 +608,7 @@ class FirstRequest(protocol.Protocol):
         self._counted = True
         self._key = key
         self.deadline.arm(
-            site.reactor.callLater, site.handshake_timeout, self.transport, "no complete request"
+            site.reactor.callLater, site.handshake_timeout, self.transport, Deadline.SILENT
         )
 
     def dataReceived(self, data: bytes) -> None:
@@ -603,6 +618,9 @@ class FirstRequest(protocol.Protocol):
             return
         if self._done:
             return
+        if not self._buffer and not self._reading_head:
+            # The first bytes: the same deadline, with the reason it now has.
+            self.deadline.rename("no complete request")
         self._buffer += data
         if self._reading_head:
             self._read_head()

@@ -406,10 +406,15 @@ def test_logs_are_bounded_and_escaped() -> None:
         sock.sendall(frame(10, b"beat") * 8)
         time.sleep(0.5)
         sock.close()
-        # Silent sockets dropped by the deadline: one line, not one each.
+        # Sockets that never send a byte (a browser's spare connections)
+        # are dropped by the deadline with a debug line; those that stall in
+        # their request with a warning: one line, not one each.
         silent = [connect(running.port) for _ in range(30)]
+        stalled = [connect(running.port) for _ in range(10)]
+        for s in stalled:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
         time.sleep(3)
-        for s in silent:
+        for s in silent + stalled:
             s.close()
         # Control characters from a request are escaped, long values cut.
         # Autobahn 26.11 and later refuse control characters in a header
@@ -434,6 +439,8 @@ def test_logs_are_bounded_and_escaped() -> None:
         log = running.log()
     assert "non-pending pong" not in log
     assert 1 <= log.count("no complete request within") <= 2
+    assert all("#debug]" in line for line in log.splitlines() if "no request within" in line)
+    assert 1 <= log.count("no request within") <= 2
     assert "\x1b" not in log and "\x07" not in log
     assert "z" * 200 not in log
 
