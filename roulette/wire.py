@@ -47,6 +47,31 @@ MAX_INTERESTS = 10
 MAX_INTEREST_LENGTH = 30
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+#: Characters that show nothing and are not format characters (category Cf):
+#: fillers, joiners and variation selectors, and the blank Braille pattern.
+_INVISIBLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` would show as nothing: empty, or only whitespace,
+    format characters (zero-width spaces and joiners, direction marks and
+    overrides, ...) and other invisible ones."""
+    if not text:
+        return True
+    if " " < text[0] < "\x7f":  # the usual case: a visible ASCII character first
+        return False
+    category = unicodedata.category
+    for char in text:
+        if not (char.isspace() or char in _INVISIBLE or category(char) == "Cf"):
+            return False
+    return True
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -139,8 +164,13 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
             )
         if not isinstance(text, str):
             raise CommandError(BAD_MESSAGE, 'A message needs a string field "text".', id)
-        if not text or text.isspace():
-            raise CommandError(BAD_MESSAGE, "A message must not be empty or only whitespace.", id)
+        # A visible ASCII character first (the usual case) is not blank.
+        if not text or (not " " < text[0] < "\x7f" and is_blank(text)):
+            raise CommandError(
+                BAD_MESSAGE,
+                "A message must not be empty, nor only whitespace and invisible characters.",
+                id,
+            )
         if _LONE_SURROGATE.search(text):
             raise CommandError(BAD_MESSAGE, "The message text is not valid Unicode.", id)
         if len(text) > max_length:

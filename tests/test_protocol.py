@@ -220,6 +220,11 @@ async def test_online_count_updates_at_most_once_a_second(harness: Harness) -> N
         (b'{"type": "message", "text": ""}', "bad_message"),
         (b'{"type": "message", "text": " \\n\\t "}', "bad_message"),
         (b'{"type": "message", "text": "\\ud800"}', "bad_message"),
+        # Blank once invisible characters are ignored: zero-width spaces and
+        # joiners, a direction override, a word joiner, a Hangul filler, the
+        # blank Braille pattern, a variation selector.
+        (b'{"type": "message", "text": "\\u200b\\u200c\\u200d \\u202e\\u2060"}', "bad_message"),
+        (b'{"type": "message", "text": "\\u3164\\u2800\\ufe0f\\u00ad"}', "bad_message"),
         (b'{"type": "typing"}', "bad_message"),
         (b'{"type": "typing", "active": 1}', "bad_message"),
         (b'{"type": "typing", "active": "yes"}', "bad_message"),
@@ -800,3 +805,17 @@ async def test_autobahns_queued_writes_still_work(harness: Harness) -> None:
     for _ in range(5):
         harness.tick(0.01)
     assert a.take() == [{"type": "notice", "text": "queued"}]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u200bhi", "\u202eabc", "😀", "\u200d\U0001f469", "\u0627", "\u3164x"],
+    ids=["zwsp-first", "override-first", "emoji", "zwj-emoji", "arabic", "filler-first"],
+)
+@pytest_twisted.ensureDeferred
+async def test_text_with_something_visible_is_relayed_verbatim(harness: Harness, text: str) -> None:
+    a, b = await harness.pair()
+    a.send({"type": "message", "text": text})
+    harness.pump()
+    assert b.take() == [{"type": "message", "text": text}]
+    assert a.take() == []
