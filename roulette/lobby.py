@@ -298,6 +298,17 @@ class Lobby(Service):
 
         self.matchmaker.report(client, reported)
 
+    def block(self, client: Client) -> None:
+        """End the client's chat like a report, so that the two are never
+        paired again, without counting toward a ban."""
+
+        def blocked(chat: ReportedChat | None) -> None:
+            self._reschedule()
+            if chat is not None:
+                log.info("client {address} blocked its partner", address=client.address)
+
+        self.matchmaker.report(client, blocked)
+
     def heard_ban(self, scope: str, until: float) -> None:
         """A ban of the shared pool (made here or by another process): new
         connections from its scope are refused, those open are closed."""

@@ -478,6 +478,14 @@ class RouletteProtocol(WebSocketServerProtocol):
                     self._paired = False
                     self._join_queue_as_chosen()
                     lobby.report(self)
+                case wire.Block():
+                    if not self._queue_budget.take(now):
+                        raise _rate_limited()
+                    if not self._paired:
+                        raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to block.")
+                    self._paired = False
+                    self._join_queue_as_chosen()
+                    lobby.block(self)
                 case wire.Signal(event):
                     budget = self._signal_budget
                     if budget is None:

@@ -104,6 +104,11 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Video:
     on: bool
 
@@ -121,10 +126,11 @@ class Interests:
     tags: tuple[str, ...]
 
 
-Command = Message | Typing | Next | Stop | Report | Video | Signal | Interests
+Command = Message | Typing | Next | Stop | Report | Block | Video | Signal | Interests
 
 _NEXT = Next()
 _STOP = Stop()
+_BLOCK = Block()
 
 
 class CommandError(Exception):
@@ -196,6 +202,8 @@ def parse_command(payload: bytes | str, max_length: int) -> Command:
                 TOO_LONG, f"A report reason may be at most {MAX_REASON_LENGTH} characters long."
             )
         return Report(reason)
+    if kind == "block":
+        return _BLOCK
     if kind == "signal":
         data = obj.get("data")
         if not isinstance(data, dict):

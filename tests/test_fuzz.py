@@ -27,6 +27,7 @@ TYPES = [
     "next",
     "stop",
     "report",
+    "block",
     "interests",
     "online",
     "paired",
@@ -90,6 +91,11 @@ def answer(
         case wire.Stop():
             assert theirs == ([left] if paired else [])
         case wire.Report():
+            if paired:
+                assert theirs == [left]
+            else:
+                assert [e.get("code") for e in mine] == ["not_paired"], mine
+        case wire.Block():
             if paired:
                 assert theirs == [left]
             else:

@@ -819,3 +819,49 @@ async def test_text_with_something_visible_is_relayed_verbatim(harness: Harness,
     harness.pump()
     assert b.take() == [{"type": "message", "text": text}]
     assert a.take() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_ends_the_chat_for_good_without_counting_toward_a_ban(
+    proxied: Harness,
+) -> None:
+    h = proxied
+    bad = await h.connect({"X-Forwarded-For": "198.51.100.66"})
+    blockers = []
+    for n in range(3):  # three networks: as many reports would ban
+        blocker = await h.connect({"X-Forwarded-For": f"203.0.{113 + n}.1"})
+        assert {"type": "paired", "common": []} in blocker.take(), n
+        bad.send({"type": "message", "text": "buy now"})
+        h.pump()
+        assert {"type": "message", "text": "buy now"} in blocker.take()
+        blocker.send({"type": "block"})
+        h.pump()
+        assert [e for e in bad.take() if e["type"] == "partner_left"] == [{"type": "partner_left"}]
+        assert [e for e in blocker.take() if e["type"] != "online"] == [{"type": "waiting"}]
+        blockers.append(blocker)
+        bad.send({"type": "next"})  # looks again: none of those who blocked it will do
+        h.pump()
+        assert [e for e in bad.take() if e["type"] != "online"] == [{"type": "waiting"}]
+        blocker.send({"type": "stop"})
+        h.pump()
+    assert bad.closed is None and not any(e["type"] == "banned" for e in bad.events)
+    assert h.lobby.banned_until(h.lobby.gate.hasher("198.51.100.66")) is None
+    # Never again, however long it has been; a newcomer still meets it.
+    h.tick(3600)
+    for blocker in blockers:
+        blocker.send({"type": "next"})
+        h.pump()
+        assert [e for e in blocker.take() if e["type"] != "online"] == [{"type": "waiting"}]
+        blocker.send({"type": "stop"})
+        h.pump()
+    newcomer = await h.connect({"X-Forwarded-For": "192.0.2.7"})
+    assert {"type": "paired", "common": []} in newcomer.take()
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_checks(harness: Harness) -> None:
+    a = await harness.connect()
+    a.take()
+    a.send({"type": "block"})
+    harness.pump()
+    assert errors(a) == ["not_paired"]
