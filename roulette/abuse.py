@@ -215,6 +215,22 @@ class AddressLimits:
         self.total += 1
         return None
 
+    def refusal(self, key: str, now: float) -> tuple[str, float] | None:
+        """Why :meth:`admit` would refuse ``key`` now, and in how many
+        seconds it may no longer (0 when that depends on connections
+        closing); ``None`` if it would admit it.  Nothing is taken."""
+        if self.max_total and self.total >= self.max_total:
+            return ("total", 0.0)
+        entry = self._addresses.get(key)
+        if entry is None:
+            return None
+        if entry.connections >= self.max_per_address:
+            return ("concurrent", 0.0)
+        recent = [t for t in entry.recent if t > now - self.WINDOW]
+        if len(recent) >= self.per_minute:
+            return ("rate", recent[-self.per_minute] + self.WINDOW - now)
+        return None
+
     def release(self, key: str) -> None:
         entry = self._addresses[key]
         entry.connections -= 1

@@ -12,6 +12,7 @@ a :class:`~roulette.core.Peer` with a few more calls.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,6 +49,15 @@ MATCHING_PAUSED = (
 MATCHING_RESUMED = "Finding strangers works again."
 
 log = Logger()
+
+
+def _refused(code: str, message: str, retry_after: float) -> dict[str, object]:
+    return {
+        "admitted": False,
+        "code": code,
+        "message": message,
+        "retry_after": math.ceil(retry_after),
+    }
 
 
 class SharedReports(Protocol):
@@ -347,6 +357,39 @@ class Lobby(Service):
 
     def stats(self) -> Stats:
         return self.matchmaker.stats()
+
+    def admission(self, keys: AddressKeys) -> dict[str, object]:
+        """Whether a WebSocket from the address with these ``keys`` would be
+        admitted now, and if not why, as ``GET /admission`` answers
+        (``docs/protocol.md``).  Nothing is taken or counted."""
+        now = self._reactor.seconds()
+        if not self.ready:
+            return _refused("starting", "The server is starting. Try again in a moment.", 5.0)
+        until = self.banned_until(*keys.scopes)
+        if until is not None:
+            return {
+                **_refused(
+                    "banned", "Your address was banned after reports.", max(0.0, until - now)
+                ),
+                "until": math.ceil(until),
+            }
+        refused = self.gate.addresses.refusal(keys.address, now)
+        if refused is None:
+            return {"admitted": True}
+        why, retry_after = refused
+        if why == "total":
+            return _refused("server_full", "The server is full. Try again in a minute.", 30.0)
+        if why == "concurrent":
+            return _refused(
+                "too_many_connections",
+                "Too many connections from your network. Close a tab and try again.",
+                30.0,
+            )
+        return _refused(
+            "too_many_attempts",
+            "Too many new connections from your network in the last minute.",
+            retry_after,
+        )
 
     # -- timers --------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from twisted.python.filepath import FilePath
 from twisted.web import http, pages, resource, server, static
 from twisted.web.iweb import IRequest
 
-from roulette.abuse import SocketLimits, request_scheme, socket_key
+from roulette.abuse import SocketLimits, client_host, request_scheme, socket_key
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally, excerpt
 from roulette.server import RouletteFactory, RouletteProtocol
@@ -152,6 +152,32 @@ class Health(resource.Resource):
         node = getattr(self._lobby.matchmaker, "node", None)
         if node is not None:  # one node of a pool (--redis): which answered
             answer["node"] = node
+        return json.dumps(answer).encode("ascii")
+
+
+class Admission(resource.Resource):
+    """``GET /admission``: whether a WebSocket from the caller's address
+    would be admitted now, and if not why (``Lobby.admission``).  A page
+    cannot see why its WebSocket was refused (HTTP 429, 403 or 503 are
+    hidden from it); it asks here."""
+
+    isLeaf = True
+
+    def __init__(self, lobby: Lobby) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self._lobby = lobby
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        gate = self._lobby.gate
+        forwarded = request.getHeader(b"x-forwarded-for")
+        address = client_host(
+            peer_host(request.transport),  # type: ignore[attr-defined]  # a Request's transport
+            [forwarded.decode("latin-1")] if forwarded else [],
+            gate.trust_proxy,
+        )
+        answer = self._lobby.admission(gate.hasher.keys(address))
         return json.dumps(answer).encode("ascii")
 
 
@@ -761,10 +787,12 @@ def make_site(
     response_timeout: float = RESPONSE_TIMEOUT,
     sockets: SocketLimits | None = None,
 ) -> RouletteSite:
-    """One site: the page at ``/``, the WebSocket at ``/ws``, counts at ``/healthz``."""
+    """One site: the page at ``/``, the WebSocket at ``/ws``, counts at
+    ``/healthz``, and why a WebSocket would be refused at ``/admission``."""
     root = StaticFiles(FilePath(str(web_root)).path)
     root.putChild(b"ws", WebSocketEntry())  # type: ignore[no-untyped-call]  # unannotated __init__
     root.putChild(b"healthz", Health(lobby))
+    root.putChild(b"admission", Admission(lobby))
     return RouletteSite(
         root,
         handshake_timeout,

@@ -310,3 +310,41 @@ def _answers(running: RunningServer) -> bool:
         return True
     except OSError:
         return False
+
+
+def _admission(server: RunningServer) -> dict[str, Any]:
+    with urllib.request.urlopen(server.http_url + "/admission", timeout=5) as response:
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.read())
+
+
+def test_admission_says_why_a_websocket_would_be_refused() -> None:
+    """A script gets the HTTP refusal; a page, which cannot see it, asks
+    ``/admission`` why, and learns when it may try again."""
+    with RunningServer(None, "--max-per-ip", "2", "--connects-per-minute", "2") as server:
+
+        async def scenario() -> None:
+            assert _admission(server) == {"admitted": True}
+            first = await websockets.connect(server.ws_url)
+            second = await websockets.connect(server.ws_url)
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                await websockets.connect(server.ws_url)
+            assert refused.value.response.status_code == 429
+            assert _admission(server) == {
+                "admitted": False,
+                "code": "too_many_connections",
+                "message": "Too many connections from your network. Close a tab and try again.",
+                "retry_after": 30,
+            }
+            await first.close()
+            await asyncio.sleep(0.2)
+            # A slot is free, but two connections were opened in the last minute.
+            answer = _admission(server)
+            assert answer["code"] == "too_many_attempts", answer
+            assert 50 <= answer["retry_after"] <= 60
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                await websockets.connect(server.ws_url)
+            assert refused.value.response.status_code == 429
+            await second.close()
+
+        run_async(scenario())

@@ -4,6 +4,7 @@ protocol v1, through Autobahn's in-memory agent (no sockets)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from memory import Client, Harness
 from twisted.internet import defer
 
+from roulette.abuse import AddressLimits
 from roulette.limits import Limits
 
 
@@ -865,3 +867,27 @@ async def test_block_checks(harness: Harness) -> None:
     a.send({"type": "block"})
     harness.pump()
     assert errors(a) == ["not_paired"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_admission_names_each_refusal() -> None:
+    """What ``GET /admission`` answers, for each reason a handshake is refused."""
+    h = Harness()
+    try:
+        lobby = h.lobby
+        lobby.gate.addresses = AddressLimits(8, 60, max_total=1)
+        keys = lobby.gate.hasher.keys("198.51.100.7")
+        assert lobby.admission(keys) == {"admitted": True}
+        lobby.ready = False
+        assert lobby.admission(keys)["code"] == "starting"
+        lobby.ready = True
+        lobby.ban(keys.address, h.clock.seconds() + 90.5)
+        lobby.gate.reports.note_ban(keys.address, h.clock.seconds() + 90.5)  # type: ignore[union-attr]
+        answer = lobby.admission(keys)
+        assert answer["code"] == "banned" and answer["retry_after"] == 91
+        assert answer["until"] == math.ceil(h.clock.seconds() + 90.5)
+        other = lobby.gate.hasher.keys("198.51.100.8")
+        assert lobby.gate.addresses.admit(other.address, h.clock.seconds()) is None
+        assert lobby.admission(other)["code"] == "server_full"
+    finally:
+        await h.close()
