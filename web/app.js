@@ -47,6 +47,9 @@
     lost: "Connection lost. Reconnecting…",
     reported: "You reported the stranger. Looking for a stranger…",
   };
+  var FOUND_TITLE = "Stranger found!";
+  var OFFLINE = "You're offline. When the connection is back you'll meet a new stranger.";
+  var OFFLINE_IDLE = "You're offline. When the connection is back, press Start to meet a stranger.";
   var VIDEO_STATUS = {
     looking: "Looking for a stranger with a camera…",
     reported: "You reported the stranger. Looking for a stranger with a camera…",
@@ -102,6 +105,14 @@
   // Whitespace as the server (Python's str.isspace) sees it.
   var SPACES = /[\t-\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
   var CONTROLS = /[\x00-\x1f\x7f-\x9f]/;
+  // Addresses in messages: http and https only, up to a space or a bracket;
+  // punctuation at the end is the sentence's, not the address's.
+  var URLS = /\bhttps?:\/\/[^\s<>"'`{}|\\^\[\]]+/gi;
+  var TRAILING = /[.,;:!?)\u2019\u201d]+$/;
+  var LINK_WARNING =
+    "Links in messages come from the stranger: open only those you trust.";
+  // What a text editor may take for the end of a line.
+  var LINE_BREAKS = /\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/;
   // Why the server refused a message, as the line in the log says it.
   var REFUSALS = {
     too_long: "too long",
@@ -168,6 +179,11 @@
   var escTimer = 0;
   var reportTimer = 0;
   var unread = 0;
+  var linksWarned = false; // the warning about links was shown on this page
+  var titleNote = ""; // what happened while the tab was hidden, besides messages
+  var noticeHolds = null; // see showNotice
+  var boxHadFocus = false; // the message box had the focus when it was disabled
+  var budgetTimer = 0;
   var lastQueueCommandAt = -Infinity;
   // Each message goes with an id; its line stays "sending" until the server
   // answers "sent" (or an error) with that id.
@@ -296,6 +312,7 @@
       disarmReport();
       resetTypingSignal();
       hideTyping();
+      if (!isBanned()) showOffline();
       render();
       if (isBanned()) waitOutBan();
       else scheduleReconnect();
@@ -490,6 +507,7 @@
         clearNotice();
         introduce(event.common);
         setPhase("chatting");
+        tellHidden(FOUND_TITLE);
         if (isVideo && videoMode && localStream) {
           startPeer(event.offer === true, event.ice_servers);
         }
@@ -513,7 +531,11 @@
         }
         break;
       case "partner_left":
-        if (phase === "chatting") setPhase("partnerLeft");
+        if (phase === "chatting") {
+          setPhase("partnerLeft");
+          addEvent(STATUS.partnerLeft);
+          tellHidden(STATUS.partnerLeft);
+        }
         break;
       default:
         break; // unknown events are ignored
@@ -565,8 +587,11 @@
 
   // Next, its budget already spent.
   function sendNext() {
-    if (phase === "chatting") stopTypingSignal();
+    var wasChatting = phase === "chatting";
+    if (wasChatting) stopTypingSignal();
     if (!transmit({ type: "next" })) return;
+    // The old conversation stays until the next one starts: say where it ended.
+    if (wasChatting) addEvent(STATUS.youLeft);
     lastQueueCommandAt = Date.now();
     pendingWaits += 1;
     stopped = false;
@@ -600,7 +625,7 @@
   // Next, Stop and Report share one budget, as on the server.
   function spendQueueBudget() {
     if (queueBudget()) return true;
-    showNotice("Slow down a little, then try again.");
+    showBudgetNotice("Slow down a little, then try again.", queueBudget);
     return false;
   }
 
@@ -616,12 +641,14 @@
     disarmEsc();
     disarmReport();
     if (!spendQueueBudget()) return;
-    if (phase === "chatting") stopTypingSignal();
+    var wasChatting = phase === "chatting";
+    if (wasChatting) stopTypingSignal();
     if (!transmit({ type: "stop" })) return;
     lastQueueCommandAt = Date.now();
     stopped = true;
     reported = false;
     setPhase("youLeft");
+    if (wasChatting) addEvent(STATUS.youLeft);
   }
 
   function sendMessage() {
@@ -643,23 +670,28 @@
       return;
     }
     if (isBanned()) {
-      showNotice(banStatus());
+      showNotice(banStatus(), isBanned);
       return;
     }
     if (!connected) {
-      showNotice("You are offline. Your message can be sent once the connection is back.");
+      showOffline();
       return;
     }
     if (phase === "looking") {
-      showNotice("Wait for a stranger to connect, then say hi.");
+      showNotice(
+        "Wait for a stranger to connect, then say hi.",
+        onThisConnection(function () {
+          return phase === "looking";
+        })
+      );
       return;
     }
     if (phase !== "chatting") {
-      showNotice("Press Start to find a stranger first.");
+      showNotice("Press Start to find a stranger first.", onThisConnection(isIdle));
       return;
     }
     if (!messageBudget()) {
-      showNotice("You are sending messages too fast. Wait a moment.");
+      showBudgetNotice("You are sending messages too fast. Wait a moment.", messageBudget);
       return;
     }
     stopTypingSignal();
@@ -730,9 +762,7 @@
   function saveLog() {
     // Each line as shown, marks included: a refused message is saved as
     // "You: … (not delivered: too long)", never as if it had been said.
-    var lines = Array.prototype.map.call(logEl.children, function (line) {
-      return line.textContent;
-    });
+    var lines = Array.prototype.map.call(logEl.children, savedLine);
     if (!lines.length) {
       showNotice("There is nothing to save yet.");
       return;
@@ -750,6 +780,25 @@
     setTimeout(function () {
       URL.revokeObjectURL(url);
     }, 60000);
+  }
+
+  // One line of the log as saved: "[14:03] Stranger: hi".  The lines of a
+  // message after its first are indented under its text, so that a line
+  // break in it cannot make the rest pass for another speaker's line.
+  function savedLine(line) {
+    var at = Number(line.getAttribute("data-at"));
+    var stamp = "[" + (at ? clockOf(new Date(at)) : "--:--") + "] ";
+    var who = line.querySelector(".who");
+    if (!who) return stamp + line.textContent;
+    var head = stamp + who.textContent + " ";
+    var rest = line.textContent.slice(line.textContent.indexOf(who.textContent) +
+      who.textContent.length).replace(/^ /, "");
+    var indent = new Array(codePoints(head) + 1).join(" ");
+    return head + rest.split(LINE_BREAKS).join("\n" + indent);
+  }
+
+  function clockOf(date) {
+    return two(date.getHours()) + ":" + two(date.getMinutes());
   }
 
   // -- interests ---------------------------------------------------------------
@@ -881,14 +930,13 @@
           return typeof tag === "string" && tag !== "";
         })
       : [];
-    if (shared.length) addInfo("You both like " + listWords(shared) + ".");
+    if (shared.length) addInfo(["You both like ", shared, "."]);
     else if (interestsHeld.length && interestWait > 0) addInfo(FALLBACK_LINE);
   }
 
-  // "a", "a and b", "a, b and c".
-  function listWords(words) {
-    if (words.length < 2) return words.join("");
-    return words.slice(0, -1).join(", ") + " and " + words[words.length - 1];
+  // What goes before the i-th of n words: "a", "a and b", "a, b and c".
+  function listJoin(i, n) {
+    return i === n - 1 ? " and " : ", ";
   }
 
   function renderChips() {
@@ -1490,6 +1538,7 @@
 
   function render() {
     var banned = isBanned();
+    var offline = !connected && lost && !banned;
     var status;
     if (banned) status = banStatus();
     else if (!connected && lost) status = STATUS.lost;
@@ -1497,13 +1546,21 @@
     else if (phase === "looking" && videoMode) status = VIDEO_STATUS.looking;
     else status = STATUS[phase];
     if (statusEl.textContent !== status) statusEl.textContent = status;
+    checkNotice();
 
     var label = escTimer ? "Really?" : isIdle() ? "Start" : "Next";
     if (nextBtn.textContent !== label) nextBtn.textContent = label;
     nextBtn.classList.toggle("really", Boolean(escTimer));
     nextBtn.disabled = !connected || banned;
     stopBtn.disabled = !connected || banned || isIdle();
-    sendBtn.disabled = banned;
+    sendBtn.disabled = banned || offline;
+    // Nothing typed can be sent while offline: the box says so by being
+    // disabled (keeping what is in it), and gets the focus back after.
+    if (box.disabled !== offline) {
+      if (offline) boxHadFocus = document.activeElement === box;
+      box.disabled = offline;
+      if (!offline && boxHadFocus && document.activeElement === document.body) box.focus();
+    }
 
     var canReport = connected && !banned && phase === "chatting";
     var reportLabel = reportTimer ? "Really report?" : "Report";
@@ -1548,19 +1605,62 @@
     var nearBottom = logEl.scrollHeight - logEl.scrollTop - logEl.clientHeight < 48;
     var line = document.createElement("p");
     line.className = "line " + who;
+    stamp(line);
     var name = document.createElement("span");
     name.className = "who";
     name.textContent = who === "you" ? "You:" : "Stranger:";
-    var body = document.createElement("span");
+    // Isolated for bidi (<bdi>): an override or an embedding in the text,
+    // closed or not, ends with it, and cannot reorder the label or the mark
+    // after it ("sending…").
+    var body = document.createElement("bdi");
     body.className = "text";
-    body.textContent = text;
+    var linked = appendLinked(body, text);
     line.appendChild(name);
     line.appendChild(document.createTextNode(" "));
     line.appendChild(body);
     logEl.appendChild(line);
+    if (linked && who === "stranger" && !linksWarned) {
+      // Once per page: a link from a stranger may lead anywhere.
+      linksWarned = true;
+      addInfo(LINK_WARNING);
+    }
     if (nearBottom || who === "you") logEl.scrollTop = logEl.scrollHeight;
     saveBtn.disabled = false;
     return line;
+  }
+
+  // The text, as text nodes, with each http(s) address in it a link that
+  // opens in a new tab and tells the page it leads to nothing (no opener,
+  // no referrer, no endorsement).  Built node by node, never as markup;
+  // other schemes (javascript:, data:…) stay text.  Says whether it made
+  // any link.
+  function appendLinked(parent, text) {
+    var found = false;
+    var at = 0;
+    var match;
+    URLS.lastIndex = 0;
+    while ((match = URLS.exec(text))) {
+      var address = match[0].replace(TRAILING, "");
+      var url = null;
+      try {
+        url = new URL(address);
+      } catch (err) {
+        url = null;
+      }
+      if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) continue;
+      if (match.index > at) parent.appendChild(document.createTextNode(text.slice(at, match.index)));
+      var link = document.createElement("a");
+      link.href = url.href;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer nofollow";
+      link.textContent = address;
+      parent.appendChild(link);
+      at = match.index + address.length;
+      URLS.lastIndex = at;
+      found = true;
+    }
+    if (at < text.length) parent.appendChild(document.createTextNode(text.slice(at)));
+    return found;
   }
 
   // The server's answer to a message of the person's: delivered (no
@@ -1606,14 +1706,49 @@
     state.textContent = " (" + text + ")";
   }
 
-  // A line from the page itself, not from either person.
-  function addInfo(text) {
+  // A line from the page itself, not from either person: its parts are
+  // strings, and a list of strings (words that came from the server, each
+  // isolated for bidi as a message is).
+  function addInfo(parts) {
     var line = document.createElement("p");
     line.className = "line info";
-    line.textContent = text;
+    stamp(line);
+    [].concat(parts).forEach(function (part) {
+      if (typeof part === "string") {
+        line.appendChild(document.createTextNode(part));
+        return;
+      }
+      part.forEach(function (word, i) {
+        if (i) line.appendChild(document.createTextNode(listJoin(i, part.length)));
+        var isolated = document.createElement("bdi");
+        isolated.textContent = word;
+        line.appendChild(isolated);
+      });
+    });
     logEl.appendChild(line);
     saveBtn.disabled = false;
     return line;
+  }
+
+  // The chat ended: said in the log itself, after its last line, where it
+  // cannot be missed (the status line says it too, but changes again).  A
+  // <div>, not a <p>: it is no one's line, and not the page's remark
+  // either, but the end of the conversation.
+  function addEvent(text) {
+    var nearBottom = logEl.scrollHeight - logEl.scrollTop - logEl.clientHeight < 48;
+    var line = document.createElement("div");
+    line.className = "line event";
+    stamp(line);
+    line.textContent = text;
+    logEl.appendChild(line);
+    if (nearBottom) logEl.scrollTop = logEl.scrollHeight;
+    saveBtn.disabled = false;
+    return line;
+  }
+
+  // When the line was added, for the saved log.
+  function stamp(line) {
+    line.setAttribute("data-at", String(Date.now()));
   }
 
   function clearLog() {
@@ -1634,12 +1769,50 @@
     typingEl.hidden = true;
   }
 
-  function showNotice(text) {
+  // A notice says what is so now; "holds", when given, tells whether it
+  // still is, and render() (which runs on every change of state) takes the
+  // notice away the moment it does not.
+  function showNotice(text, holds) {
     noticeEl.textContent = text;
+    noticeHolds = holds || null;
+  }
+
+  // Lost, the connection takes the chat with it: what was typed cannot go
+  // to this stranger any more, and the next connection starts afresh (as
+  // the person left it: looking, or idle).
+  function showOffline() {
+    showNotice(isIdle() ? OFFLINE_IDLE : OFFLINE, function () {
+      return !connected && !isBanned();
+    });
   }
 
   function clearNotice() {
     noticeEl.textContent = "";
+    noticeHolds = null;
+  }
+
+  function checkNotice() {
+    if (noticeHolds && !noticeHolds()) clearNotice();
+  }
+
+  // Holds while this connection lasts and "test" is true: whatever the
+  // page said about the chat, a new connection is a new start.
+  function onThisConnection(test) {
+    var sock = ws;
+    return function () {
+      return ws === sock && connected && test();
+    };
+  }
+
+  // A budget ran out: the notice holds until it has refilled enough for
+  // the person to try again, and goes then by itself.
+  function showBudgetNotice(text, take, cost) {
+    var sock = ws;
+    clearTimeout(budgetTimer);
+    budgetTimer = setTimeout(render, take.wait(cost) + 50);
+    showNotice(text, function () {
+      return ws === sock && take.wait(cost) > 0;
+    });
   }
 
   function updateCounter() {
@@ -1652,16 +1825,31 @@
     }
   }
 
+  // While the tab is hidden its title says what happened meanwhile: how
+  // many messages came, and whether the stranger left or a new one came.
   function countUnread() {
     if (document.visibilityState !== "hidden") return;
     unread += 1;
-    document.title = "(" + unread + ") " + baseTitle;
+    renderTitle();
+  }
+
+  function tellHidden(what) {
+    if (document.visibilityState !== "hidden") return;
+    titleNote = what;
+    renderTitle();
+  }
+
+  function renderTitle() {
+    var title = (unread ? "(" + unread + ") " : "") + (titleNote ? titleNote + " · " : "") +
+      baseTitle;
+    if (document.title !== title) document.title = title;
   }
 
   function onVisibilityChange() {
     if (document.visibilityState === "hidden") return;
     unread = 0;
-    document.title = baseTitle;
+    titleNote = "";
+    renderTitle();
   }
 
   // -- helpers ---------------------------------------------------------------
@@ -1698,19 +1886,28 @@
   }
 
   // A token bucket: refill tokens a second, at most burst of them saved up.
-  // take(n) spends n tokens (one by default), or none if there are fewer.
+  // take(n) spends n tokens (one by default), or none if there are fewer;
+  // take.wait(n) spends nothing and says how many ms until n are there.
   function bucket(refill, burst) {
     var tokens = burst;
     var last = Date.now();
-    return function take(n) {
-      var cost = n || 1;
+    function fill() {
       var now = Date.now();
       tokens = Math.min(burst, tokens + ((now - last) / 1000) * refill);
       last = now;
+    }
+    function take(n) {
+      var cost = n || 1;
+      fill();
       if (tokens < cost) return false;
       tokens -= cost;
       return true;
+    }
+    take.wait = function (n) {
+      fill();
+      return Math.max(0, Math.ceil((((n || 1) - tokens) / refill) * 1000));
     };
+    return take;
   }
 
   function isBlank(text) {

@@ -1,0 +1,424 @@
+"""The page in ``web/``, second round: odd text in the log, notices that go
+stale, the partner leaving, the offline state, the phone layout, the saved
+log, links and sound.
+
+As in ``test_page.py`` (whose fixtures these tests share), every test looks
+at what a person sees, and fails on any dialog, script error or failed
+request.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import test_page
+from playwright.sync_api import expect
+from support import RunningServer, free_port
+from test_page import (
+    LOOKING,
+    LOST,
+    PARTNER_LEFT,
+    TYPING,
+    YOU_LEFT,
+    Chat,
+    OpenChat,
+    Relay,
+    expect_chatting,
+)
+
+pytestmark = pytest.mark.browser
+
+# test_page's fixtures: its server (one for this module), and a tab on it per call.
+server = test_page.server
+open_chat = test_page.open_chat
+
+PHONE = {"viewport": {"width": 360, "height": 640}, "is_mobile": True, "has_touch": True}
+RLO = "\u202e"
+ZALGO = "Z̷̢̛̛̛͓̜̜̫̹̳͙̈́̈́̅̏̀"
+
+
+def box_of(chat: Chat, selector: str) -> dict[str, float]:
+    return chat.page.locator(selector).evaluate(
+        "e => { const r = e.getBoundingClientRect();"
+        " return {x: r.x, y: r.y, right: r.right, bottom: r.bottom, width: r.width}; }"
+    )
+
+
+# -- 1. bidi and odd text ------------------------------------------------------
+
+
+def test_a_right_to_left_override_cannot_reorder_a_line(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    relay = Relay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+
+    # Held by the relay, Alice's line says "(sending…)" after her text: an
+    # override in the text must not pull that mark (or the label) into it.
+    relay.holding = True
+    alice.say(RLO + "hello world")
+    line = alice.lines.last
+    expect(line).to_have_text("You: " + RLO + "hello world (sending…)")
+    who = line.locator(".who").bounding_box()
+    text = line.locator(".text").bounding_box()
+    state = line.locator(".state").bounding_box()
+    assert who and text and state
+    assert who["x"] + who["width"] <= text["x"] + 1, (who, text)
+    assert text["x"] + text["width"] <= state["x"] + 1, (text, state)
+    relay.release()
+    expect(line).to_have_text("You: " + RLO + "hello world")
+
+    # The stranger's side: the label first and leftmost, the text isolated.
+    line = bob.lines.last
+    expect(line).to_have_text("Stranger: " + RLO + "hello world")
+    isolated = line.locator(".text").evaluate(
+        "e => ['isolate', 'isolate-override', 'plaintext']"
+        ".includes(getComputedStyle(e).unicodeBidi)"
+    )
+    assert isolated
+    who = line.locator(".who").bounding_box()
+    text = line.locator(".text").bounding_box()
+    assert who and text and who["x"] < text["x"]
+    bob.say("after")
+    expect(bob.lines.last).to_have_text("You: after")
+    who = bob.lines.last.locator(".who").bounding_box()
+    assert who and abs(who["x"] - box_of(bob, "#log .line:last-child")["x"]) < 1
+
+
+def test_stacked_combining_marks_stay_within_their_line(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    alice.say("a plain line above")
+    expect(bob.lines).to_have_text(["Stranger: a plain line above"])
+    above = bob.lines.first.bounding_box()
+    assert above
+    before = bob.page.screenshot(clip=above, animations="disabled", caret="hide")
+
+    alice.say(ZALGO * 12)
+    expect(bob.lines).to_have_count(2)
+    alice.say("and one below")
+    expect(bob.lines).to_have_count(3)
+    # What the line above shows is untouched by the marks below it.
+    assert bob.lines.first.bounding_box() == above
+    after = bob.page.screenshot(clip=above, animations="disabled", caret="hide")
+    assert after == before, "the combining marks paint over the line above"
+    # And the line below, likewise: its own pixels only.
+    below = bob.lines.last.bounding_box()
+    assert below
+    zalgo_line = bob.lines.nth(1)
+    clipped = zalgo_line.evaluate("e => ['hidden', 'clip'].includes(getComputedStyle(e).overflowY)")
+    assert clipped
+
+
+# -- 2. notices that go stale ------------------------------------------------
+
+PRESS_START = "Press Start to find a stranger first."
+SLOW_DOWN = "Slow down a little, then try again."
+TOO_FAST = "You are sending messages too fast. Wait a moment."
+
+
+def test_press_start_goes_once_start_is_pressed_or_the_connection_is_new(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat()
+    relay = Relay(alice)
+    expect(alice.status).to_have_text(LOOKING)
+    alice.button("Stop").click()
+    expect(alice.status).to_have_text(YOU_LEFT)
+    alice.say("hello?")
+    expect(alice.notice).to_have_text(PRESS_START)
+    alice.button("Start").click()
+    expect(alice.status).to_have_text(LOOKING)
+    expect(alice.notice).to_be_empty()
+
+    # Idle again, told so, then the connection drops and comes back: idle
+    # still, but what the notice said was about the old connection.
+    alice.button("Stop").click()
+    expect(alice.status).to_have_text(YOU_LEFT)
+    alice.say("hello?")
+    expect(alice.notice).to_have_text(PRESS_START)
+    relay.close(1011)
+    relay.wait_for(lambda: relay.connections == 2)
+    expect(alice.status).to_have_text(YOU_LEFT)
+    expect(alice.notice).to_be_empty()
+    expect(alice.box).to_have_value("hello?")  # nothing is lost
+
+
+def test_slow_down_goes_once_the_budget_allows_again(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    expect(alice.status).to_have_text(LOOKING)
+    # Next, faster than the command budget allows (a burst of 4 under the
+    # server's 5): the page holds the last ones back and says so.
+    alice.page.evaluate(
+        "() => { const next = document.getElementById('next');"
+        " for (let i = 0; i < 8; i++) next.click(); }"
+    )
+    expect(alice.notice).to_have_text(SLOW_DOWN)
+    # One command a second (0.8 under the server's 1): gone by itself.
+    expect(alice.notice).to_be_empty(timeout=3_000)
+    expect(alice.status).to_have_text(LOOKING)
+
+
+def test_sending_too_fast_goes_once_the_budget_allows_again(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    alice.say_at_once(*(f"m{n}" for n in range(9)))  # a burst of 8 under 10
+    expect(alice.notice).to_have_text(TOO_FAST)
+    expect(alice.box).to_have_value("m8")
+    expect(alice.notice).to_be_empty(timeout=3_000)
+    alice.box.press("Enter")
+    expect(bob.lines.last).to_have_text("Stranger: m8")
+
+
+# -- 3. the partner leaving --------------------------------------------------
+
+
+def test_who_left_is_written_in_the_log_after_the_last_message(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    bob.say("gotta go")
+    expect(alice.lines).to_have_text(["Stranger: gotta go"])
+    bob.button("Stop").click()
+    expect(alice.status).to_have_text(PARTNER_LEFT)
+    expect(alice.log.locator(".line")).to_have_text(["Stranger: gotta go", PARTNER_LEFT])
+    expect(alice.log.locator(".line").last).to_be_visible()
+    expect(bob.log.locator(".line")).to_have_text(["You: gotta go", YOU_LEFT])
+
+    # Next says it too, on both sides, and the next chat starts clean.
+    alice.button("Start").click()
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+    expect(alice.log.locator(".line")).to_have_count(0)
+    alice.say("hi again")
+    expect(bob.lines).to_have_text(["Stranger: hi again"])
+    bob.button("Next").click()
+    expect(alice.log.locator(".line")).to_have_text(["You: hi again", PARTNER_LEFT])
+    expect(bob.log.locator(".line")).to_have_text(["Stranger: hi again", YOU_LEFT])
+
+
+def test_the_title_tells_a_hidden_tab_that_the_stranger_left_or_came(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    expect(alice.page).to_have_title("roulette")
+    alice.hide_tab()
+    bob.say("bye")
+    expect(alice.page).to_have_title("(1) roulette")
+    bob.button("Stop").click()
+    expect(alice.page).to_have_title(re.compile(r"^\(1\) Stranger has disconnected\..*roulette$"))
+    alice.hide_tab(False)
+    expect(alice.page).to_have_title("roulette")
+
+    # Looking while hidden: the title says when a stranger is found.
+    alice.button("Start").click()
+    expect(alice.status).to_have_text(LOOKING)
+    alice.hide_tab()
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+    expect(alice.page).to_have_title(re.compile(r"^Stranger found!.*roulette$"))
+    alice.hide_tab(False)
+    expect(alice.page).to_have_title("roulette")
+    expect(bob.page).to_have_title("roulette")  # seen as it happened
+
+
+# -- 4. offline ----------------------------------------------------------------
+
+OFFLINE = "You're offline. When the connection is back you'll meet a new stranger."
+
+
+def test_offline_the_box_and_send_are_disabled_and_the_notice_says_what_follows(
+    open_chat: OpenChat,
+) -> None:
+    own = RunningServer(free_port(), "--repair-cooldown", "0").start()
+    try:
+        alice = open_chat(own)
+        bob = open_chat(own)
+        expect_chatting(alice, bob)
+        alice.box.fill("half a thought")
+        alice.box.focus()
+
+        own.stop()
+        for chat in (alice, bob):
+            expect(chat.status).to_have_text(LOST)
+            expect(chat.box).to_be_disabled()
+            expect(chat.button("Send")).to_be_disabled()
+        expect(alice.notice).to_have_text(OFFLINE)
+        expect(alice.box).to_have_value("half a thought")  # kept for later
+        notice = alice.notice.inner_text().lower()
+        assert "once the connection is back" not in notice
+        # Enter in the disabled box sends nothing and says nothing new.
+        alice.page.keyboard.press("Enter")
+        expect(alice.notice).to_have_text(OFFLINE)
+
+        own.start()
+        expect_chatting(alice, bob, timeout=40_000)
+        for chat in (alice, bob):
+            expect(chat.box).to_be_enabled()
+            expect(chat.button("Send")).to_be_enabled()
+            expect(chat.notice).to_be_empty()
+        expect(alice.box).to_be_focused()
+        expect(alice.box).to_have_value("half a thought")
+        alice.box.press("Enter")
+        expect(bob.lines.last).to_have_text("Stranger: half a thought")
+    finally:
+        own.close()
+
+
+# -- 5. phone and layout -------------------------------------------------------
+
+
+def test_on_a_phone_typing_shows_whole_and_really_moves_nothing(open_chat: OpenChat) -> None:
+    alice = open_chat(**PHONE)
+    bob = open_chat(**PHONE)
+    expect_chatting(alice, bob)
+    bob.say("hello")  # Report shows too: the row of buttons is full
+    expect(alice.page.locator("#report")).to_be_visible()
+    bob.box.press_sequentially("typing", delay=10)
+    expect(alice.typing).to_be_visible()
+    expect(alice.typing).to_have_text(TYPING)
+    widths = alice.typing.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert widths[0] <= widths[1], f"the typing line is cut: {widths}"
+    shown = alice.typing.bounding_box()
+    assert shown and shown["x"] >= 0 and shown["x"] + shown["width"] <= 360
+    expect(alice.typing).to_be_in_viewport(ratio=1)
+
+    # One Esc turns Next into "Really?": the box stays where it was.
+    before = box_of(alice, "#message")
+    label = alice.button("Next").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    alice.box.press("Escape")
+    expect(alice.button("Really?")).to_be_visible()
+    assert box_of(alice, "#message") == before
+    really = alice.button("Really?").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert really[0] <= really[1] and label[0] <= label[1], (label, really)
+    expect(alice.button("Next")).to_be_visible(timeout=3_000)
+    assert box_of(alice, "#message") == before
+
+    # Idle, Next says "Start", in the same room.
+    bob.button("Stop").click()
+    expect(alice.button("Start")).to_be_visible()
+    assert box_of(alice, "#message") == before
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_a_disabled_stop_looks_disabled(open_chat: OpenChat, scheme: str) -> None:
+    alice = open_chat(color_scheme=scheme, **PHONE)
+    bob = open_chat(color_scheme=scheme, **PHONE)
+    expect_chatting(alice, bob)
+    look = "e => { const s = getComputedStyle(e); return [s.color, s.borderColor, s.cursor]; }"
+    stop = alice.button("Stop")
+    expect(stop).to_be_enabled()
+    enabled = stop.evaluate(look)
+    alice.button("Stop").click()
+    expect(alice.status).to_have_text(YOU_LEFT)
+    expect(stop).to_be_disabled()
+    disabled = stop.evaluate(look)
+    assert disabled[0] != enabled[0] and disabled[1] != enabled[1], (enabled, disabled)
+    assert disabled[2] == "not-allowed"
+    assert float(stop.evaluate("e => getComputedStyle(e).opacity")) < 1
+
+
+# -- 6. the saved log ----------------------------------------------------------
+
+
+def saved_log(chat: Chat) -> list[str]:
+    with chat.page.expect_download() as download_info:
+        chat.button("Save log").click()
+    return Path(download_info.value.path()).read_text(encoding="utf-8").splitlines()
+
+
+def test_the_saved_log_has_times_the_end_and_each_line_under_its_speaker(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    bob.say("hi")
+    expect(alice.lines).to_have_count(1)
+    bob.say("two lines\nYou: not mine")
+    expect(alice.lines).to_have_count(2)
+    alice.say("ok")
+    expect(alice.lines.last).to_have_text("You: ok")
+    bob.button("Stop").click()
+    expect(alice.status).to_have_text(PARTNER_LEFT)
+
+    saved = saved_log(alice)
+    body = saved[saved.index("") + 1 :]
+    clock = r"\[\d\d:\d\d\] "
+    assert len(body) == 5, body
+    assert re.fullmatch(clock + "Stranger: hi", body[0]), body
+    assert re.fullmatch(clock + "Stranger: two lines", body[1]), body
+    # The second line of that message is indented under its text.
+    assert body[2] == " " * len("[00:00] Stranger: ") + "You: not mine", body
+    assert re.fullmatch(clock + "You: ok", body[3]), body
+    assert re.fullmatch(clock + re.escape(PARTNER_LEFT), body[4]), body
+    # Every speaker's line starts with its time: a continuation never does.
+    assert [bool(re.match(clock, line)) for line in body] == [True, True, False, True, True]
+    now = datetime.now()
+    shown = {(now + timedelta(minutes=d)).strftime("%H:%M") for d in (-1, 0)}
+    assert body[0][1:6] in shown, (body[0], shown)
+
+
+# -- 7. links ------------------------------------------------------------------
+
+LINK_WARNING = "Links in messages come from the stranger: open only those you trust."
+
+
+def test_http_addresses_are_links_to_a_new_tab_and_nothing_else_is(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    bob.say("see https://example.org/a?b=1&c=<2>, or http://example.com.")
+    expect(alice.lines.first).to_have_text(
+        "Stranger: see https://example.org/a?b=1&c=<2>, or http://example.com."
+    )
+    links = alice.lines.first.get_by_role("link")
+    expect(links).to_have_text(["https://example.org/a?b=1&c=", "http://example.com"])
+    for link in links.all():
+        expect(link).to_have_attribute("target", "_blank")
+        expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(links.first).to_have_attribute("href", "https://example.org/a?b=1&c=")
+    expect(alice.log.locator("a")).to_have_count(2)
+    # Warned once, after the first link from the stranger.
+    expect(alice.log.get_by_text(LINK_WARNING)).to_have_count(1)
+    expect(bob.log.get_by_text(LINK_WARNING)).to_have_count(0)
+    expect(bob.lines.first.get_by_role("link")).to_have_count(2)  # one's own, linked too
+
+    # Other schemes, and markup, stay text.
+    for text in (
+        "javascript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "JaVaScRiPt:alert(document.domain)",
+        "<a href=https://evil.example>x</a>",
+        "vbscript:msgbox(1) file:///etc/passwd ftp://example.org",
+    ):
+        bob.say(text)
+        expect(alice.lines.last).to_have_text("Stranger: " + text)
+    hrefs = alice.log.locator("a").evaluate_all("links => links.map(a => a.href)")
+    assert all(h.startswith(("http://", "https://")) for h in hrefs), hrefs
+    assert "https://evil.example/" in hrefs  # an address in markup is still an address
+    expect(alice.log.locator("script, img, b")).to_have_count(0)
+
+    # A second link: no second warning.
+    bob.say("https://example.net")
+    expect(alice.lines.last.get_by_role("link")).to_have_text("https://example.net")
+    expect(alice.log.get_by_text(LINK_WARNING)).to_have_count(1)
+
+    # By keyboard: a link takes the focus, visibly (not cut by its line).
+    alice.lines.last.get_by_role("link").focus()
+    outline = alice.lines.last.get_by_role("link").evaluate(
+        "a => [a.matches(':focus-visible'), getComputedStyle(a).outlineStyle]"
+    )
+    assert outline[1] != "none"
+    with alice.context.expect_page() as opened:
+        alice.lines.last.get_by_role("link").click()
+    opened.value.close()
