@@ -50,6 +50,7 @@ from roulette.website import (
     MAX_SOCKETS_PER_ADDRESS,
     RESPONSE_TIMEOUT,
     default_web_root,
+    load_rules,
     make_site,
 )
 from roulette.workers import StopWithParent, Workers
@@ -74,6 +75,13 @@ class Options(usage.Options):
             "ssl:8443:privateKey=key.pem:certKey=cert.pem).",
         ],
         ["web-root", None, None, "Directory of the page to serve [default: the shipped page]."],
+        [
+            "rules",
+            None,
+            None,
+            "Text file of the rules the first-visit card shows, one per line "
+            "[default: rules.txt in the web root].",
+        ],
         [
             "max-message-length",
             None,
@@ -297,6 +305,11 @@ class Options(usage.Options):
             None,
             "Stop when standard input ends (what --workers tells its workers).",
         ],
+        [
+            "no-welcome",
+            None,
+            "Match visitors at once, without the first-visit card of rules and age notice.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -411,6 +424,16 @@ class Options(usage.Options):
             if not (root / "index.html").is_file():
                 raise usage.UsageError(f"--web-root {root} has no index.html")
             self["web-root"] = root
+        rules = self["rules"]
+        if self["no-welcome"]:
+            self["rules"] = None
+        else:
+            path = Path(rules) if rules is not None else self["web-root"] / "rules.txt"
+            try:
+                self["rules"] = load_rules(path) if rules is not None or path.exists() else []
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                reason = error.strerror if isinstance(error, OSError) else str(error)
+                raise usage.UsageError(f"--rules {path} {reason}") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -631,6 +654,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         config["handshake-timeout"],
         response_timeout=config["response-timeout"],
         sockets=sockets,
+        rules=config["rules"],
     )
     # TCP connections that send at once when nothing is buffered: one
     # syscall per relayed message instead of a loop turn and three.

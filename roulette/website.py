@@ -181,6 +181,45 @@ class Admission(resource.Resource):
         return json.dumps(answer).encode("ascii")
 
 
+#: The most rules a rules file may hold, and the longest one (characters).
+MAX_RULES = 30
+MAX_RULE_LENGTH = 300
+
+
+def load_rules(path: Path) -> list[str]:
+    """The rules in a rules file: one per line; empty lines and lines that
+    start with ``#`` are skipped.  ``ValueError`` says what is wrong."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read(64 * 1024 + 1)
+    if len(text) > 64 * 1024:
+        raise ValueError("is over 64 KiB")
+    rules = [line.strip() for line in text.splitlines()]
+    rules = [rule for rule in rules if rule and not rule.startswith("#")]
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"holds {len(rules)} rules; at most {MAX_RULES}")
+    for rule in rules:
+        if len(rule) > MAX_RULE_LENGTH:
+            raise ValueError(f"has a rule over {MAX_RULE_LENGTH} characters: {rule[:40]!r}...")
+    return rules
+
+
+class Welcome(resource.Resource):
+    """``GET /welcome``: whether the page shows its first-visit card
+    (``--no-welcome`` turns it off), and the site's rules for it."""
+
+    isLeaf = True
+
+    def __init__(self, rules: list[str] | None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        answer = {"welcome": False} if rules is None else {"welcome": True, "rules": rules}
+        self._body = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return self._body
+
+
 class DeadlineChannel(http.HTTPChannel):
     """An HTTP connection with an absolute deadline in every phase.
 
@@ -786,13 +825,17 @@ def make_site(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     response_timeout: float = RESPONSE_TIMEOUT,
     sockets: SocketLimits | None = None,
+    rules: list[str] | None = None,
 ) -> RouletteSite:
     """One site: the page at ``/``, the WebSocket at ``/ws``, counts at
-    ``/healthz``, and why a WebSocket would be refused at ``/admission``."""
+    ``/healthz``, why a WebSocket would be refused at ``/admission``, and
+    the first-visit card's rules at ``/welcome`` (``rules``: ``None``, no
+    card)."""
     root = StaticFiles(FilePath(str(web_root)).path)
     root.putChild(b"ws", WebSocketEntry())  # type: ignore[no-untyped-call]  # unannotated __init__
     root.putChild(b"healthz", Health(lobby))
     root.putChild(b"admission", Admission(lobby))
+    root.putChild(b"welcome", Welcome(rules))
     return RouletteSite(
         root,
         handshake_timeout,

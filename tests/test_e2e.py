@@ -348,3 +348,19 @@ def test_admission_says_why_a_websocket_would_be_refused() -> None:
             await second.close()
 
         run_async(scenario())
+
+
+def test_welcome_tells_the_page_its_card_and_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.txt"
+    rules.write_text("Soyez gentils.\n# not shown\nPas de spam.\n", encoding="utf-8")
+    with (
+        RunningServer(None, "--rules", str(rules)) as ours,
+        RunningServer(None, "--no-welcome") as none,
+    ):
+        for running, expected in (
+            (ours, {"welcome": True, "rules": ["Soyez gentils.", "Pas de spam."]}),
+            (none, {"welcome": False}),
+        ):
+            with urllib.request.urlopen(running.http_url + "/welcome", timeout=5) as response:
+                assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+                assert json.loads(response.read()) == expected

@@ -68,6 +68,28 @@ def test_bad_options_are_refused(args: tuple[str, ...]) -> None:
         parse(*args)
 
 
+def test_the_rules_come_from_the_web_root_or_a_file_and_are_bounded(tmp_path: Path) -> None:
+    assert parse()["rules"][0] == "Be kind: no harassment, hate, threats or bullying."
+    assert parse("--no-welcome")["rules"] is None
+    rules = tmp_path / "rules.txt"
+    rules.write_text("# ours\n\n  Be nice.  \nNo spam.\n", encoding="utf-8")
+    assert parse("--rules", str(rules))["rules"] == ["Be nice.", "No spam."]
+    # A web root of one's own, without a rules file: a card with no rules.
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "rules.txt").unlink()
+    assert parse("--web-root", str(tmp_path))["rules"] == []
+    for text, problem in (
+        ("rule\n" * 31, "holds 31 rules; at most 30"),
+        ("x" * 301, "over 300 characters"),
+        ("x\n" * 40_000, "is over 64 KiB"),
+    ):
+        rules.write_text(text, encoding="utf-8")
+        with pytest.raises(UsageError, match=problem):
+            parse("--rules", str(rules))
+    with pytest.raises(UsageError, match="No such file"):
+        parse("--rules", str(tmp_path / "nothing.txt"))
+
+
 def test_make_service_listens_on_the_endpoint_and_applies_options(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<html>custom</html>")
     reactor = MemoryReactorClock()
