@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import test_page
 from playwright.sync_api import expect
-from support import RunningServer, free_port
+from support import RunningServer, free_port, wait_until
 from test_page import (
+    CHATTING,
     LOOKING,
     LOST,
     PARTNER_LEFT,
@@ -27,6 +28,7 @@ from test_page import (
     OpenChat,
     Relay,
     expect_chatting,
+    pump_until,
 )
 
 pytestmark = pytest.mark.browser
@@ -422,3 +424,205 @@ def test_http_addresses_are_links_to_a_new_tab_and_nothing_else_is(
     with alice.context.expect_page() as opened:
         alice.lines.last.get_by_role("link").click()
     opened.value.close()
+
+
+# -- 8. blank messages, block, refused connections, sound ------------------------------
+
+
+def test_a_message_of_only_invisible_characters_is_never_sent(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    # Zero-width space, zero-width joiner, right-to-left override: nothing to see.
+    alice.say("\u200b\u200d\u202e")
+    expect(alice.notice).to_have_text("Type a message first.")
+    expect(alice.lines).to_have_count(0)
+    alice.say("after")
+    expect(bob.lines).to_have_text(["Stranger: after"])
+    expect(alice.lines).to_have_text(["You: after"])
+
+
+BLOCKED = "You blocked the stranger."
+
+
+def test_block_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -> None:
+    # Blocks are kept per address (two people behind one address are not
+    # kept apart), and every tab connects from 127.0.0.1: on a server of its
+    # own, each tab gets an address from a trusted proxy.
+    own = RunningServer(
+        free_port(), "--repair-cooldown", "0", "--trust-proxy", "1", "--connects-per-minute", "1000"
+    ).start()
+    try:
+
+        def stranger(address: str) -> Chat:
+            return open_chat(own, extra_http_headers={"X-Forwarded-For": address})
+
+        alice = stranger("192.0.2.1")
+        bob = stranger("192.0.2.2")
+        expect_chatting(alice, bob)
+        bob.say("hello")
+        expect(alice.lines).to_have_text(["Stranger: hello"])
+
+        # The first press only asks.
+        expect(alice.button("Block")).to_be_enabled()
+        alice.button("Block").click()
+        expect(alice.button("Really block?")).to_be_visible()
+        expect(alice.button("Block")).to_be_visible(timeout=5_000)
+        expect(bob.status).to_have_text(CHATTING)
+
+        alice.button("Block").click()
+        alice.button("Really block?").click()
+        expect(bob.status).to_have_text(PARTNER_LEFT)
+        expect(alice.status).to_have_text(LOOKING)
+        expect(alice.log.locator(".line")).to_have_text(["Stranger: hello", BLOCKED])
+        expect(alice.page.locator("#block")).to_be_hidden()
+        expect(bob.page.locator("#block")).to_be_hidden()
+
+        # Both look again, and again: they never meet.
+        bob.button("Start").click()
+        expect(bob.status).to_have_text(LOOKING)
+        for _ in range(3):
+            wait_until(lambda: own.health() == {"online": 2, "waiting": 2, "chatting": 0})
+            alice.button("Next").click()
+            bob.button("Next").click()
+            alice.page.wait_for_timeout(300)
+            assert own.health() == {"online": 2, "waiting": 2, "chatting": 0}
+        expect(alice.status).to_have_text(LOOKING)
+        expect(bob.status).to_have_text(LOOKING)
+
+        # A third stranger meets one of them, then the other.
+        carol = stranger("192.0.2.3")
+        expect(carol.status).to_have_text(CHATTING)
+        pump_until(
+            carol.page, lambda: CHATTING in (alice.status.inner_text(), bob.status.inner_text())
+        )
+        first, second = (alice, bob) if alice.status.inner_text() == CHATTING else (bob, alice)
+        expect(second.status).to_have_text(LOOKING)
+        carol.button("Next").click()
+        expect(first.status).to_have_text(PARTNER_LEFT)
+        expect_chatting(carol, second)
+    finally:
+        own.close()
+
+
+def test_a_block_that_crosses_the_partner_leaving_keeps_the_page_in_step(
+    open_chat: OpenChat, server: RunningServer
+) -> None:
+    alice = open_chat()
+    relay = Relay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    # Bob leaves, but Alice's tab hears of it only after she has blocked
+    # him: the server refuses the block (not_paired), and she looks again.
+    relay.holding = True
+    bob.button("Stop").click()
+    relay.wait_for(lambda: "partner_left" in relay.received)
+    alice.button("Block").click()
+    alice.button("Really block?").click()
+    relay.wait_for(lambda: "error" in relay.received)  # not_paired
+    relay.release()
+    relay.wait_for(lambda: relay.received.count("waiting") == 2)  # the next sent for it
+    expect(alice.status).to_have_text(LOOKING)
+    expect(alice.log.locator(".line").last).to_have_text(BLOCKED)
+    relay.wait_for(lambda: server.health() == {"online": 2, "waiting": 1, "chatting": 0})
+    carol = open_chat()
+    expect_chatting(alice, carol)
+    expect(bob.status).to_have_text(YOU_LEFT)
+
+
+TOO_MANY = "Too many connections from your network. Close a tab and try again."
+
+
+def test_a_refused_connection_says_why_and_can_try_again_now(open_chat: OpenChat) -> None:
+    own = RunningServer(
+        free_port(), "--max-per-ip", "2", "--connects-per-minute", "1000", "--repair-cooldown", "0"
+    ).start()
+    try:
+        alice = open_chat(own)
+        bob = open_chat(own)
+        expect_chatting(alice, bob)
+        carol = open_chat(own)
+        expect(carol.status).to_have_text(TOO_MANY)
+        expect(carol.button("Try again now")).to_be_visible()
+        expect(carol.button("Next")).to_be_disabled()
+        assert own.health()["online"] == 2
+
+        bob.context.close()
+        expect(alice.status).to_have_text(PARTNER_LEFT)
+        wait_until(lambda: own.health()["online"] == 1)
+        carol.button("Try again now").click()
+        expect(carol.status).to_have_text(LOOKING)
+        expect(carol.button("Try again now")).to_be_hidden()
+        alice.button("Start").click()
+        expect_chatting(alice, carol)
+    finally:
+        own.close()
+
+
+COUNT_OSCILLATORS = """
+window.oscillators = 0;
+const createOscillator = AudioContext.prototype.createOscillator;
+AudioContext.prototype.createOscillator = function () {
+    window.oscillators += 1;
+    return createOscillator.apply(this, arguments);
+};
+"""
+
+
+def test_sound_is_off_until_turned_on_remembered_and_beeps_in_a_hidden_tab(
+    open_chat: OpenChat,
+) -> None:
+    alice = open_chat(**PHONE)
+    alice.page.add_init_script(COUNT_OSCILLATORS)
+    alice.page.reload()
+    sound = alice.button("Sound")
+    expect(sound).to_have_attribute("aria-pressed", "false")
+    bob = open_chat()
+    expect_chatting(alice, bob)
+
+    def oscillators() -> int:
+        return alice.page.evaluate("window.oscillators")
+
+    # Off: nothing, hidden or not.
+    alice.hide_tab()
+    bob.say("one")
+    expect(alice.lines).to_have_count(1)
+    alice.page.wait_for_timeout(200)
+    assert oscillators() == 0
+
+    # On, and remembered across a reload; the button fits a phone's screen.
+    alice.hide_tab(False)
+    sound.click()
+    expect(sound).to_have_attribute("aria-pressed", "true")
+    alice.page.reload()
+    expect(sound).to_have_attribute("aria-pressed", "true")
+    shown = sound.bounding_box()
+    assert shown and shown["x"] >= 0 and shown["x"] + shown["width"] <= 360, shown
+    width = alice.page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert width[0] <= width[1], width
+
+    # A stranger found while the tab is hidden: a beep; a message: another.
+    alice.hide_tab()
+    bob.button("Start").click()
+    expect_chatting(alice, bob)
+    pump_until(alice.page, lambda: oscillators() == 1)
+    bob.say("two")
+    expect(alice.lines.last).to_have_text("Stranger: two")
+    pump_until(alice.page, lambda: oscillators() == 2)
+    # Seen as it happens: no beep.
+    alice.hide_tab(False)
+    bob.say("three")
+    expect(alice.lines.last).to_have_text("Stranger: three")
+    alice.page.wait_for_timeout(200)
+    assert oscillators() == 2
+
+    # Off again: hidden, nothing.
+    sound.press("Enter")
+    expect(sound).to_have_attribute("aria-pressed", "false")
+    alice.hide_tab()
+    bob.say("four")
+    expect(alice.lines.last).to_have_text("Stranger: four")
+    alice.page.wait_for_timeout(200)
+    assert oscillators() == 2

@@ -9,9 +9,9 @@
 // arriving in between is stale too.  That keeps what the page shows equal to
 // what the server believes, however fast buttons are pressed.
 //
-// "report" ends the chat like "next" and is owed one "waiting" too, unless
-// the partner had already left: then the server refuses it (not_paired), owes
-// nothing, and the page sends the "next" the person meant.
+// "report" and "block" end the chat like "next" and are owed one "waiting"
+// too, unless the partner had already left: then the server refuses them
+// (not_paired), owes nothing, and the page sends the "next" the person meant.
 //
 // The answers to the person's own messages ("sent", or an "error" carrying
 // an "id") are not about a chat but about a line in the log: they are
@@ -36,6 +36,14 @@
 // list sent is the list the chips show.  The last list it accepted is the one
 // a match went by: a "paired" whose "common" is empty after a wait with
 // interests was a fallback to a random stranger, and the log says so.
+//
+// A refused handshake (HTTP 429, 403 or 503) looks to a page like any
+// connection that failed.  When one fails before it ever opened, and none has
+// opened since the page loaded (the page came from this server a moment ago,
+// so it is likely up and refusing), the page asks GET /admission why, says
+// so, and tries again no faster than the server asks.  A connection that
+// drops later is retried as before: the server is more likely down then, and
+// asking would only fail too.
 "use strict";
 
 (function () {
@@ -47,6 +55,7 @@
     lost: "Connection lost. Reconnecting…",
     reported: "You reported the stranger. Looking for a stranger…",
   };
+  var BLOCKED = "You blocked the stranger.";
   var FOUND_TITLE = "Stranger found!";
   var OFFLINE = "You're offline. When the connection is back you'll meet a new stranger.";
   var OFFLINE_IDLE = "You're offline. When the connection is back, press Start to meet a stranger.";
@@ -66,7 +75,7 @@
   var TYPING_PAUSE_MS = 3000; // a pause this long sends typing:false
   var TYPING_EXPIRE_MS = 5000; // the partner's indicator clears itself after this
   var ESC_WINDOW_MS = 1000; // two Esc presses within this do what Next does
-  var REPORT_WINDOW_MS = 3000; // a second press of Report within this sends it
+  var REPORT_WINDOW_MS = 3000; // a second press of Report (or Block) within this sends it
   var RETRY_BASE_S = 1;
   var RETRY_CAP_S = 30;
   var RETRY_FLOOR_S = 0.25;
@@ -105,6 +114,13 @@
   // Whitespace as the server (Python's str.isspace) sees it.
   var SPACES = /[\t-\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
   var CONTROLS = /[\x00-\x1f\x7f-\x9f]/;
+  // A message that would show nothing, which the server refuses: empty, or
+  // only whitespace (as Python's str.isspace sees it), format characters
+  // (Cf: zero-width spaces and joiners, direction marks and overrides…) and
+  // the other invisible ones it names (fillers, variation selectors, the
+  // blank Braille pattern).  The page never sends one.
+  var BLANK =
+    /^[\s\x1c-\x1f\x85\p{Cf}\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800\u3164\uffa0\ufe00-\ufe0f\u{e0100}-\u{e01ef}]*$/u;
   // Addresses in messages: http and https only, up to a space or a bracket;
   // punctuation at the end is the sentence's, not the address's.
   var URLS = /\bhttps?:\/\/[^\s<>"'`{}|\\^\[\]]+/gi;
@@ -125,6 +141,16 @@
   var BAN_SLACK_MS = 2000;
   var BAN_DEFAULT_MS = 10 * 60 * 1000; // when the server names no end
   var BAN_KEY = "roulette.bannedUntil";
+  // Refused at the handshake (see the top): what the page says, by the code
+  // GET /admission gives; "{n}" counts down to the next try.
+  var REFUSED = {
+    too_many_connections: "Too many connections from your network. Close a tab and try again.",
+    too_many_attempts: "Too many new connections from your network. Trying again in {n} s.",
+    server_full: "The server is full right now. Trying again in {n} s.",
+    starting: "The server is starting. Trying again in {n} s.",
+  };
+  var REFUSED_RETRY_S = 30; // at least this long between tries, when refused
+  var SOUND_KEY = "roulette.sound"; // "1" when the person wants a sound
 
   var statusEl = document.getElementById("status");
   var logEl = document.getElementById("log");
@@ -138,7 +164,10 @@
   var stopBtn = document.getElementById("stop");
   var saveBtn = document.getElementById("save");
   var reportBtn = document.getElementById("report");
+  var blockBtn = document.getElementById("block");
   var sendBtn = document.getElementById("send");
+  var retryBtn = document.getElementById("retry");
+  var soundBtn = document.getElementById("sound");
   var chatEl = document.getElementById("chat");
   var stageEl = document.getElementById("stage");
   var remoteEl = document.getElementById("remote");
@@ -166,11 +195,19 @@
   var pendingWaits = 0; // "waiting" events the server still owes this page
   var stopped = false; // "stop" was sent after the last "next"
   var reported = false; // looking again because the person reported a stranger
-  // A "report" was sent and neither its "waiting" nor its refusal has come.
+  // A "report" or a "block" was sent and neither its "waiting" nor its
+  // refusal has come.
   var reportUnanswered = false;
   var bannedUntil = loadBan(); // ms since the epoch; 0 when not banned
   var attempt = 0;
   var retryTimer = 0;
+  var everOpened = false; // a connection has opened since the page loaded
+  // Why the server refuses this page's connections, as GET /admission said
+  // ({code, message, at: when the page tries again}); null when it does not.
+  var refusal = null;
+  var countdownTimer = 0;
+  var soundOn = loadSound();
+  var audio = null; // the AudioContext, made when first needed
 
   var typingSent = false;
   var typingSentAt = 0;
@@ -178,6 +215,7 @@
   var typingExpireTimer = 0;
   var escTimer = 0;
   var reportTimer = 0;
+  var blockTimer = 0;
   var unread = 0;
   var linksWarned = false; // the warning about links was shown on this page
   var titleNote = ""; // what happened while the tab was hidden, besides messages
@@ -256,11 +294,15 @@
     interestsHeld = [];
     var sockVideo = videoMode; // the address says it
     var heard = false;
+    var opened = false;
     limitsKnown = false; // this server's first "online" says them
     sock.addEventListener("open", function () {
       if (ws !== sock) return;
       connected = true;
       lost = false;
+      opened = true;
+      everOpened = true;
+      setRefusal(null);
       pendingWaits = 1; // the server queues every new connection
       reportUnanswered = false;
       reported = false;
@@ -310,17 +352,85 @@
       abandonUnconfirmed();
       disarmEsc();
       disarmReport();
+      disarmBlock();
       resetTypingSignal();
       hideTyping();
       if (!isBanned()) showOffline();
       render();
       if (isBanned()) waitOutBan();
+      else if (!opened && (!everOpened || refusal)) askWhy();
       else scheduleReconnect();
     });
   }
 
+  // The connection failed before it opened: ask the server why (see the
+  // top).  Admitted, or no answer: the server is away, or the network, and
+  // the page keeps trying as after any drop.
+  function askWhy() {
+    var asked = fetch(new URL("admission", location.href).href, { cache: "no-store" })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .catch(function () {
+        return null;
+      });
+    retryTimer = -1; // a try is on its way: "online" and scheduleReconnect wait for it
+    asked.then(function (answer) {
+      retryTimer = 0;
+      if (ws || connected) return; // "Try again now" went ahead meanwhile
+      if (!answer || typeof answer !== "object" || answer.admitted !== false) {
+        setRefusal(null);
+        scheduleReconnect();
+        return;
+      }
+      var code = typeof answer.code === "string" ? answer.code : "";
+      var after = typeof answer.retry_after === "number" && isFinite(answer.retry_after)
+        ? answer.retry_after
+        : 0;
+      if (code === "banned") {
+        // As after a "banned" event: said, remembered, and waited out.
+        setRefusal(null);
+        onBanned(answer.until);
+        waitOutBan();
+        return;
+      }
+      var wait = Math.max(REFUSED_RETRY_S, after) * 1000;
+      setRefusal({
+        code: code,
+        message: typeof answer.message === "string" ? answer.message : "",
+        at: Date.now() + wait,
+      });
+      clearNotice(); // the status line says why, and what follows
+      retryTimer = setTimeout(connect, wait);
+      render();
+    });
+  }
+
+  function setRefusal(value) {
+    refusal = value;
+    clearInterval(countdownTimer);
+    countdownTimer = value ? setInterval(render, 1000) : 0;
+    retryBtn.hidden = !value;
+  }
+
+  // What the status line says about a refusal, counting down to the next try.
+  function refusalText() {
+    var left = Math.max(1, Math.ceil((refusal.at - Date.now()) / 1000));
+    var line = REFUSED[refusal.code] || refusal.message || STATUS.lost;
+    return line.replace("{n}", String(left));
+  }
+
+  // "Try again now": do not wait out the rest of the pause.
+  function retryNow() {
+    if (connected || ws || isBanned()) return;
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    connect();
+  }
+
   function scheduleReconnect() {
     if (retryTimer) return;
+    setRefusal(null);
     // Exponential backoff with full jitter, never quicker than the floor.
     var cap = Math.min(RETRY_CAP_S, RETRY_BASE_S * Math.pow(2, attempt));
     attempt += 1;
@@ -450,7 +560,8 @@
           return;
         }
         if (event.code === "not_paired" && reportUnanswered) {
-          // Nothing to tell: the person is looking again either way.
+          // Nothing to tell: the person is looking again either way (a block
+          // needs none: with the chat over, the two were not matched again).
           reportRefused();
           return;
         }
@@ -478,7 +589,7 @@
         if (typeof event.message === "string" && event.message) showNotice(event.message);
         return;
       case "waiting":
-        // The first "waiting" after a report is the report's own.
+        // The first "waiting" after a report (or a block) is its own.
         reportUnanswered = false;
         if (pendingWaits > 0) pendingWaits -= 1;
         if (pendingWaits === 0 && !stopped) {
@@ -508,6 +619,7 @@
         introduce(event.common);
         setPhase("chatting");
         tellHidden(FOUND_TITLE);
+        chime();
         if (isVideo && videoMode && localStream) {
           startPeer(event.offer === true, event.ice_servers);
         }
@@ -522,6 +634,7 @@
           hideTyping();
           addLine("stranger", event.text);
           countUnread();
+          chime();
         }
         break;
       case "typing":
@@ -550,6 +663,7 @@
     setBan(ms);
     disarmEsc();
     disarmReport();
+    disarmBlock();
     resetTypingSignal();
     hideTyping();
     clearNotice();
@@ -561,8 +675,9 @@
   }
 
   function reportRefused() {
-    // The chat had already ended when the report arrived (the partner left
-    // first): the server has this person idle and owes no "waiting" for it.
+    // The chat had already ended when the report (or block) arrived (the
+    // partner left first): the server has this person idle and owes no
+    // "waiting" for it.
     reportUnanswered = false;
     if (pendingWaits > 0) pendingWaits -= 1;
     if (pendingWaits > 0 || stopped) return; // a later next or stop decides
@@ -581,6 +696,7 @@
     if (!connected) return;
     disarmEsc();
     disarmReport();
+    disarmBlock();
     if (!spendQueueBudget()) return;
     sendNext();
   }
@@ -602,6 +718,7 @@
   function report() {
     if (!connected || phase !== "chatting") return;
     disarmEsc();
+    disarmBlock(); // one question at a time
     if (!reportTimer) {
       // The first press only asks.
       reportTimer = setTimeout(disarmReport, REPORT_WINDOW_MS);
@@ -622,7 +739,41 @@
     setPhase("looking");
   }
 
-  // Next, Stop and Report share one budget, as on the server.
+  // Block: the chat ends as with Next, and the server never matches the two
+  // again.  Asked first, as Report is; the conversation stays in the log (it
+  // is the person's), with the end said after it.
+  function block() {
+    if (!connected || phase !== "chatting") return;
+    disarmEsc();
+    disarmReport(); // one question at a time
+    if (!blockTimer) {
+      // The first press only asks.
+      blockTimer = setTimeout(disarmBlock, REPORT_WINDOW_MS);
+      render();
+      return;
+    }
+    disarmBlock();
+    if (!spendQueueBudget()) return;
+    stopTypingSignal();
+    if (!transmit({ type: "block" })) return;
+    addEvent(BLOCKED);
+    lastQueueCommandAt = Date.now();
+    pendingWaits += 1;
+    reportUnanswered = true; // answered, or refused, as a report is
+    stopped = false;
+    reported = false;
+    clearNotice();
+    setPhase("looking");
+  }
+
+  function disarmBlock() {
+    if (!blockTimer) return;
+    clearTimeout(blockTimer);
+    blockTimer = 0;
+    render();
+  }
+
+  // Next, Stop, Report and Block share one budget, as on the server.
   function spendQueueBudget() {
     if (queueBudget()) return true;
     showBudgetNotice("Slow down a little, then try again.", queueBudget);
@@ -640,6 +791,7 @@
     if (!connected || isIdle()) return;
     disarmEsc();
     disarmReport();
+    disarmBlock();
     if (!spendQueueBudget()) return;
     var wasChatting = phase === "chatting";
     if (wasChatting) stopTypingSignal();
@@ -1184,6 +1336,7 @@
     if (thenNext) {
       disarmEsc();
       disarmReport();
+      disarmBlock();
       sendNext();
     } else {
       switchPending = true;
@@ -1529,6 +1682,7 @@
       hideTyping();
       resetTypingSignal();
       disarmReport();
+      disarmBlock();
     }
     if (value !== "looking") reported = false;
     if (value !== "chatting") closePeer();
@@ -1541,6 +1695,7 @@
     var offline = !connected && lost && !banned;
     var status;
     if (banned) status = banStatus();
+    else if (!connected && refusal) status = refusalText();
     else if (!connected && lost) status = STATUS.lost;
     else if (phase === "looking" && reported) status = (videoMode ? VIDEO_STATUS : STATUS).reported;
     else if (phase === "looking" && videoMode) status = VIDEO_STATUS.looking;
@@ -1563,22 +1718,15 @@
     }
 
     var canReport = connected && !banned && phase === "chatting";
-    var reportLabel = reportTimer ? "Really report?" : "Report";
-    if (reportBtn.textContent !== reportLabel) reportBtn.textContent = reportLabel;
-    reportBtn.classList.toggle("really", Boolean(reportTimer));
-    reportBtn.disabled = !canReport;
-    if (reportBtn.hidden !== !canReport) {
-      var hadFocus = document.activeElement === reportBtn;
-      reportBtn.hidden = !canReport;
-      // Keep the keyboard where it was: on the row of chat controls.
-      if (hadFocus) (nextBtn.disabled ? logEl : nextBtn).focus();
-    }
+    renderAsking(reportBtn, canReport, reportTimer ? "Really report?" : "Report");
+    renderAsking(blockBtn, canReport, blockTimer ? "Really block?" : "Block");
     document.body.setAttribute(
       "data-state",
       banned ? "banned" : connected ? phase : "offline"
     );
 
     setAttribute(videoBtn, "aria-pressed", String(videoMode));
+    setAttribute(soundBtn, "aria-pressed", String(soundOn));
     // Not disabled while the camera is being opened: that would take the
     // keyboard's focus away from it.
     setAttribute(videoBtn, "aria-disabled", String(cameraPending));
@@ -1594,6 +1742,20 @@
       else if (phase === "chatting" && peer) waitingFor = "Connecting video…";
     }
     if (placeholderEl.textContent !== waitingFor) placeholderEl.textContent = waitingFor;
+  }
+
+  // Report or Block: shown, and enabled, only in a chat; "label" asks for
+  // the second press.
+  function renderAsking(button, can, label) {
+    if (button.textContent !== label) button.textContent = label;
+    button.classList.toggle("really", label.indexOf("Really") === 0);
+    button.disabled = !can;
+    if (button.hidden !== !can) {
+      var hadFocus = document.activeElement === button;
+      button.hidden = !can;
+      // Keep the keyboard where it was: on the row of chat controls.
+      if (hadFocus) (nextBtn.disabled ? logEl : nextBtn).focus();
+    }
   }
 
   // Only a change is written: render() runs on every event.
@@ -1845,6 +2007,67 @@
     if (document.title !== title) document.title = title;
   }
 
+  // -- sound -------------------------------------------------------------------
+
+  // The Sound button: a short beep, while the tab is hidden, when a stranger
+  // is found or writes.  Off unless the person turns it on; remembered.
+  function toggleSound() {
+    soundOn = !soundOn;
+    try {
+      if (soundOn) localStorage.setItem(SOUND_KEY, "1");
+      else localStorage.removeItem(SOUND_KEY);
+    } catch (err) {
+      // Storage may be unavailable: the choice lasts as long as the page.
+    }
+    // Made (or woken) on the press: browsers let sound start only after one.
+    if (soundOn) audioContext();
+    render();
+  }
+
+  function loadSound() {
+    try {
+      return localStorage.getItem(SOUND_KEY) === "1";
+    } catch (err) {
+      return false;
+    }
+  }
+
+  function audioContext() {
+    var Context = window.AudioContext || window.webkitAudioContext;
+    if (!Context) return null;
+    try {
+      if (!audio) audio = new Context();
+      if (audio.state === "suspended") audio.resume().catch(ignore);
+    } catch (err) {
+      return null;
+    }
+    return audio;
+  }
+
+  // A beep from an oscillator (no file to fetch), faded in and out so that
+  // it does not click.
+  function chime() {
+    if (!soundOn || document.visibilityState !== "hidden") return;
+    var context = audioContext();
+    if (!context) return;
+    try {
+      var now = context.currentTime;
+      var tone = context.createOscillator();
+      var volume = context.createGain();
+      tone.type = "sine";
+      tone.frequency.setValueAtTime(880, now);
+      volume.gain.setValueAtTime(0.0001, now);
+      volume.gain.exponentialRampToValueAtTime(0.2, now + 0.02);
+      volume.gain.exponentialRampToValueAtTime(0.0001, now + 0.18);
+      tone.connect(volume);
+      volume.connect(context.destination);
+      tone.start(now);
+      tone.stop(now + 0.2);
+    } catch (err) {
+      // No sound, then: the title still says what happened.
+    }
+  }
+
   function onVisibilityChange() {
     if (document.visibilityState === "hidden") return;
     unread = 0;
@@ -1911,8 +2134,7 @@
   }
 
   function isBlank(text) {
-    // The server refuses empty text and text that is only whitespace.
-    return /^[\s\x1c-\x1f\x85]*$/.test(text);
+    return BLANK.test(text);
   }
 
   function codePoints(text) {
@@ -1966,6 +2188,9 @@
   stopBtn.addEventListener("click", stop);
   saveBtn.addEventListener("click", saveLog);
   reportBtn.addEventListener("click", report);
+  blockBtn.addEventListener("click", block);
+  retryBtn.addEventListener("click", retryNow);
+  soundBtn.addEventListener("click", toggleSound);
   videoBtn.addEventListener("click", toggleVideo);
   micBtn.addEventListener("click", toggleMicrophone);
   cameraBtn.addEventListener("click", toggleCamera);
@@ -1977,7 +2202,7 @@
   document.addEventListener("visibilitychange", onVisibilityChange);
   window.addEventListener("online", function () {
     // The network is back: do not wait out the backoff (but a ban, yes).
-    if (retryTimer && !isBanned()) {
+    if (retryTimer > 0 && !isBanned()) {
       clearTimeout(retryTimer);
       connect();
     }
