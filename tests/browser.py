@@ -57,8 +57,13 @@ class Tab:
         dialog.dismiss()
 
     def _on_console(self, message: ConsoleMessage) -> None:
-        # A refused WebSocket connection is logged while the server is away.
-        if message.type == "error" and not message.text.startswith("WebSocket connection to"):
+        # While the server is away, the refused WebSocket connection is
+        # logged, and so is the page's question why (GET /admission).
+        if (
+            message.type == "error"
+            and not message.text.startswith("WebSocket connection to")
+            and "/admission" not in (message.location.get("url") or "")
+        ):
             self.problems.append(f"console error: {message.text}")
 
     # -- what a person sees ------------------------------------------------

@@ -66,9 +66,14 @@ class Chat(Tab):
         self.page.on("requestfailed", self._on_request_failed)
 
     def _on_request_failed(self, request: Request) -> None:
-        # The WebSocket is watched by the tests themselves, and a reload
-        # aborts what the old document was still loading.
-        if request.url.startswith("ws") or request.failure == "net::ERR_ABORTED":
+        # The WebSocket is watched by the tests themselves, a reload aborts
+        # what the old document was still loading, and while the server is
+        # away the page's question why it cannot connect fails too.
+        if (
+            request.url.startswith("ws")
+            or request.failure == "net::ERR_ABORTED"
+            or request.url.endswith("/admission")
+        ):
             return
         self.problems.append(f"request failed: {request.url} ({request.failure})")
 

@@ -38,12 +38,11 @@
 // interests was a fallback to a random stranger, and the log says so.
 //
 // A refused handshake (HTTP 429, 403 or 503) looks to a page like any
-// connection that failed.  When one fails before it ever opened, and none has
-// opened since the page loaded (the page came from this server a moment ago,
-// so it is likely up and refusing), the page asks GET /admission why, says
-// so, and tries again no faster than the server asks.  A connection that
-// drops later is retried as before: the server is more likely down then, and
-// asking would only fail too.
+// connection that failed.  When one fails before it ever opened, the page
+// asks GET /admission why, says so, and tries again no faster than the
+// server asks.  If that request fails too (the server is down, or the
+// network) or the server would admit it, the page goes on retrying as after
+// any drop.
 "use strict";
 
 (function () {
@@ -201,7 +200,6 @@
   var bannedUntil = loadBan(); // ms since the epoch; 0 when not banned
   var attempt = 0;
   var retryTimer = 0;
-  var everOpened = false; // a connection has opened since the page loaded
   // Why the server refuses this page's connections, as GET /admission said
   // ({code, message, at: when the page tries again}); null when it does not.
   var refusal = null;
@@ -301,7 +299,6 @@
       connected = true;
       lost = false;
       opened = true;
-      everOpened = true;
       setRefusal(null);
       pendingWaits = 1; // the server queues every new connection
       reportUnanswered = false;
@@ -358,7 +355,7 @@
       if (!isBanned()) showOffline();
       render();
       if (isBanned()) waitOutBan();
-      else if (!opened && (!everOpened || refusal)) askWhy();
+      else if (!opened) askWhy();
       else scheduleReconnect();
     });
   }
