@@ -29,18 +29,40 @@ def page_server(*options: str) -> RunningServer:
     ).start()
 
 
+#: Run before the page's own script: the person agreed to the rules on an
+#: earlier visit, so the page connects at once instead of showing its card.
+WELCOMED = """
+try {
+    localStorage.setItem("roulette.welcomed", "1");
+} catch (error) {
+    // An opaque origin (about:blank) has no storage: nothing to agree to.
+}
+"""
+
+
 class Tab:
     """One person's tab, and what it has seen go wrong: ``dialogs`` opened,
-    and ``problems`` (script errors, console errors)."""
+    and ``problems`` (script errors, console errors).
+
+    The person has agreed to the rules before (and so meets a stranger at
+    once), unless ``first_visit``: then the page shows its first visit's card.
+    """
 
     def __init__(
-        self, context: BrowserContext, base_url: str, init_script: str | None = None
+        self,
+        context: BrowserContext,
+        base_url: str,
+        init_script: str | None = None,
+        *,
+        first_visit: bool = False,
     ) -> None:
         self.context = context
         self.base_url = base_url
         self.problems: list[str] = []
         self.dialogs: list[str] = []
         self.page = context.new_page()
+        if not first_visit:
+            self.page.add_init_script(WELCOMED)
         if init_script:
             self.page.add_init_script(init_script)
         self.page.on("dialog", self._on_dialog)
@@ -90,6 +112,11 @@ class Tab:
 
     def button(self, name: str) -> Locator:
         return self.page.get_by_role("button", name=name, exact=True)
+
+    @property
+    def welcome(self) -> Locator:
+        """The first visit's card."""
+        return self.page.get_by_role("dialog", name="Welcome to roulette")
 
     # -- what a person does ------------------------------------------------
 

@@ -170,10 +170,12 @@ def open_chat(browser: Browser, server: RunningServer) -> Iterator[OpenChat]:
     """
     chats: list[tuple[Chat, RunningServer]] = []
 
-    def open_one(on: RunningServer | None = None, **context_options: object) -> Chat:
+    def open_one(
+        on: RunningServer | None = None, *, first_visit: bool = False, **context_options: object
+    ) -> Chat:
         running = on or server
         context = browser.new_context(**context_options)
-        chat = Chat(context, running.http_url)
+        chat = Chat(context, running.http_url, first_visit=first_visit)
         chats.append((chat, running))
         return chat
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import test_page
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 from support import RunningServer, free_port, wait_until
 from test_page import (
@@ -626,3 +627,136 @@ def test_sound_is_off_until_turned_on_remembered_and_beeps_in_a_hidden_tab(
     expect(alice.lines.last).to_have_text("Stranger: four")
     alice.page.wait_for_timeout(200)
     assert oscillators() == 2
+
+
+# -- 9. the first visit ----------------------------------------------------------
+
+AGREE = "I agree — Start"
+AGE = "You must be 18 or older to use this site."
+#: The operator's rules file: a comment, a blank line, and markup that must
+#: stay text.
+RULES = "# ours\n\nBe kind to <b>everyone</b>.\nNo spam.\n"
+
+
+def rules_server(tmp_path: Path, *options: str) -> RunningServer:
+    """A server of its own, with two rules of the operator's."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text(RULES, encoding="utf-8")
+    return RunningServer(
+        free_port(),
+        "--rules",
+        str(rules),
+        "--repair-cooldown",
+        "0",
+        "--connects-per-minute",
+        "1000",
+        *options,
+    ).start()
+
+
+def welcomed(chat: Chat) -> str | None:
+    return chat.page.evaluate("localStorage.getItem('roulette.welcomed')")
+
+
+def test_a_first_visit_shows_the_rules_and_connects_only_once_agreed(
+    open_chat: OpenChat, tmp_path: Path
+) -> None:
+    own = rules_server(tmp_path)
+    try:
+        alice = open_chat(own, first_visit=True)
+        card = alice.welcome
+        expect(card).to_be_visible()
+        expect(card.get_by_role("heading", name="Welcome to roulette")).to_be_visible()
+        expect(card).to_contain_text("pairs you with a random stranger")
+        rules = ["Be kind to <b>everyone</b>.", "No spam."]
+        expect(card.get_by_role("listitem")).to_have_text(rules)
+        expect(card.locator("b")).to_have_count(0)
+        expect(card.get_by_text(AGE)).to_be_visible()
+        start = alice.button(AGREE)
+        expect(start).to_be_focused()
+
+        # Reading the rules, Alice is neither matched nor counted, and the
+        # page behind the card is out of reach.
+        alice.page.wait_for_timeout(500)
+        assert own.health()["online"] == 0
+        expect(alice.status).to_have_text("")
+        assert alice.page.locator("#chat").evaluate("e => e.inert")
+        alice.page.keyboard.press("Tab")
+        outside = alice.page.evaluate(
+            "() => Boolean(document.activeElement.closest('#chat, header'))"
+        )
+        assert not outside
+        assert welcomed(alice) is None
+
+        # By keyboard: back on Start, Enter agrees, and she looks for a stranger.
+        start.focus()
+        alice.page.keyboard.press("Enter")
+        expect(card).to_be_hidden()
+        expect(alice.status).to_have_text(LOOKING)
+        wait_until(lambda: own.health()["online"] == 1)
+        expect(alice.box).to_be_focused()
+        assert welcomed(alice) == "1"
+
+        # Remembered: a reload connects at once.
+        alice.page.reload()
+        expect(alice.status).to_have_text(LOOKING)
+        expect(card).to_be_hidden()
+        wait_until(lambda: own.health()["online"] == 1)
+        bob = open_chat(own)  # agreed before too
+        expect_chatting(alice, bob)
+    finally:
+        own.close()
+
+
+def test_without_a_welcome_a_first_visit_connects_at_once(
+    open_chat: OpenChat, tmp_path: Path
+) -> None:
+    own = rules_server(tmp_path, "--no-welcome")
+    try:
+        alice = open_chat(own, first_visit=True)
+        expect(alice.status).to_have_text(LOOKING)
+        wait_until(lambda: own.health()["online"] == 1)
+        expect(alice.welcome).to_be_hidden()
+        assert welcomed(alice) is None  # nothing was agreed to
+    finally:
+        own.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_first_visit_card_fits_a_phone_and_is_accessible(
+    open_chat: OpenChat, scheme: str
+) -> None:
+    # The module's server: the rules file that comes with the page.
+    alice = open_chat(first_visit=True, color_scheme=scheme, **PHONE)
+    card = alice.welcome
+    expect(card).to_be_visible()
+    expect(card.get_by_role("listitem").first).to_be_visible()
+    widths = alice.page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+        " document.getElementById('welcome').scrollWidth,"
+        " document.getElementById('welcome').clientWidth]"
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
+    shown = card.locator(".welcome-card").bounding_box()
+    assert shown and shown["x"] >= 0 and shown["x"] + shown["width"] <= 360, shown
+    start = alice.button(AGREE)
+    expect(start).to_be_focused()
+    start.scroll_into_view_if_needed()
+    expect(start).to_be_in_viewport(ratio=1)
+
+    results = Axe().run(alice.page)
+    serious = [
+        f"{v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(str(node["target"]) for node in v["nodes"])
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert serious == [], scheme
+    if scheme == "dark":
+        background = card.locator(".welcome-card").evaluate(
+            "e => getComputedStyle(e).backgroundColor"
+        )
+        assert background == "rgb(23, 26, 33)", background  # the dark surface
+
+    start.tap()
+    expect(alice.status).to_have_text(LOOKING)

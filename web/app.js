@@ -43,6 +43,13 @@
 // server asks.  If that request fails too (the server is down, or the
 // network) or the server would admit it, the page goes on retrying as after
 // any drop.
+//
+// A first visit says what this is before anything else: a card with the
+// site's rules (GET /welcome: the operator's rules file) and the age notice,
+// and nothing connects until the person agrees (remembered in localStorage),
+// so that reading the rules neither matches nor counts them.  Later visits
+// connect at once, as visiting the page always did; so does every visit when
+// the server shows no card (--no-welcome) or does not answer.
 "use strict";
 
 (function () {
@@ -150,6 +157,7 @@
   };
   var REFUSED_RETRY_S = 30; // at least this long between tries, when refused
   var SOUND_KEY = "roulette.sound"; // "1" when the person wants a sound
+  var WELCOME_KEY = "roulette.welcomed"; // "1" when the person agreed to the rules
 
   var statusEl = document.getElementById("status");
   var logEl = document.getElementById("log");
@@ -182,6 +190,13 @@
   var chipsEl = document.getElementById("chips");
   var interestBox = document.getElementById("interest");
   var interestNoteEl = document.getElementById("interest-note");
+  var welcomeEl = document.getElementById("welcome");
+  var welcomeRulesEl = document.getElementById("welcome-rules");
+  var welcomeRulesTitle = document.getElementById("welcome-rules-title");
+  var welcomeStartBtn = document.getElementById("welcome-start");
+  // What the card covers: out of reach (keyboard, pointer, screen reader)
+  // while it shows.
+  var behindWelcome = [document.querySelector("header.bar"), chatEl];
 
   var baseTitle = document.title;
 
@@ -205,6 +220,7 @@
   var refusal = null;
   var countdownTimer = 0;
   var soundOn = loadSound();
+  var welcoming = false; // the first visit's card shows: not connected on purpose
   var audio = null; // the AudioContext, made when first needed
 
   var typingSent = false;
@@ -1668,6 +1684,86 @@
       });
   }
 
+  // -- the first visit -------------------------------------------------------
+
+  function welcomed() {
+    try {
+      return localStorage.getItem(WELCOME_KEY) === "1";
+    } catch (err) {
+      return false;
+    }
+  }
+
+  // On load: agreed before, go on at once.  Otherwise ask the server for its
+  // card; no card (--no-welcome), or no answer (an older server, the
+  // network), go on at once too: the card must never keep anyone out.
+  function welcome(then) {
+    if (welcomed()) {
+      then();
+      return;
+    }
+    fetch(new URL("welcome", location.href).href, { cache: "no-store" })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .catch(function () {
+        return null;
+      })
+      .then(function (answer) {
+        if (!answer || typeof answer !== "object" || answer.welcome !== true) {
+          then();
+          return;
+        }
+        var rules = Array.isArray(answer.rules)
+          ? answer.rules.filter(function (rule) {
+              return typeof rule === "string" && !isBlank(rule);
+            })
+          : [];
+        showWelcome(rules, then);
+      });
+  }
+
+  // The card, with the rules as the server gave them: text only, since the
+  // file is the operator's and may hold anything.  "then" runs once the
+  // person agrees.
+  function showWelcome(rules, then) {
+    welcomeRulesEl.textContent = "";
+    rules.forEach(function (rule) {
+      var item = document.createElement("li");
+      item.textContent = rule;
+      welcomeRulesEl.appendChild(item);
+    });
+    welcomeRulesEl.hidden = !rules.length;
+    welcomeRulesTitle.hidden = !rules.length;
+    welcoming = true;
+    behindWelcome.forEach(function (element) {
+      element.inert = true;
+      element.setAttribute("inert", ""); // browsers without the property
+    });
+    welcomeEl.hidden = false;
+    render();
+    // The keyboard starts where the one thing to do is; the card's text
+    // (its description) is read with it.
+    welcomeStartBtn.focus();
+    welcomeStartBtn.addEventListener("click", function agree() {
+      welcomeStartBtn.removeEventListener("click", agree);
+      try {
+        localStorage.setItem(WELCOME_KEY, "1");
+      } catch (err) {
+        // Storage may be unavailable: the card shows again next visit.
+      }
+      welcoming = false;
+      welcomeEl.hidden = true;
+      behindWelcome.forEach(function (element) {
+        element.inert = false;
+        element.removeAttribute("inert");
+      });
+      render();
+      box.focus(); // the next thing to do is to say hi
+      then();
+    });
+  }
+
   // -- the view --------------------------------------------------------------
 
   function isIdle() {
@@ -1691,7 +1787,8 @@
     var banned = isBanned();
     var offline = !connected && lost && !banned;
     var status;
-    if (banned) status = banStatus();
+    if (welcoming) status = ""; // nothing is going on yet: the card says why
+    else if (banned) status = banStatus();
     else if (!connected && refusal) status = refusalText();
     else if (!connected && lost) status = STATUS.lost;
     else if (phase === "looking" && reported) status = (videoMode ? VIDEO_STATUS : STATUS).reported;
@@ -2207,5 +2304,7 @@
 
   renderChips();
   render();
-  restoreVideo(connect);
+  welcome(function () {
+    restoreVideo(connect);
+  });
 })();
