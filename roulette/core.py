@@ -59,6 +59,11 @@ from typing import Protocol, cast
 #: How many reported pairs of identities are remembered; the oldest go first.
 MAX_NEVER_PAIRS = 100_000
 
+#: Queues of more people online than this are not examined for why their
+#: waiting clients wait: nobody there is alone, nor has talked with all the
+#: others within a cooldown.
+WAIT_REASONS_UP_TO = 64
+
 
 class Peer(Protocol):
     """A connected client, as the matchmaker sees it.
@@ -77,6 +82,12 @@ class Peer(Protocol):
 
     def send_partner_left(self) -> None:
         """Your chat ended; you are idle."""
+
+    def send_wait(self, reason: str | None, until: float | None = None) -> None:
+        """Why you still wait: ``"alone"`` (nobody else online in your
+        queue), ``"cooldown"`` (everyone else has just talked with you;
+        ``until``: when the earliest cooldown with a waiting one ends), or
+        ``None``: neither any more."""
 
     def send_event(self, event: bytes) -> None:
         """Your partner relayed ``event``, encoded as the wire carries it."""
@@ -223,6 +234,12 @@ class MemoryMatchmaker:
         # runs out, and those times in a heap (stale entries are skipped).
         self._wait_ends: dict[Peer, float] = {}
         self._wait_timers: list[tuple[float, int, Peer]] = []
+        # Online clients by the queue they join next, the waiting ones by
+        # the queue they wait in, and the reason each waiting client was last
+        # told it waits (see Peer.send_wait), where it has one.
+        self._members: dict[str, int] = {}
+        self._queued: dict[str, dict[Peer, None]] = {}
+        self._told: dict[Peer, tuple[str, float | None]] = {}
         # The queue each client joins next, where it is not the text one ("").
         self._queue: dict[Peer, str] = {}
         self._partner: dict[Peer, Peer] = {}
@@ -256,17 +273,24 @@ class MemoryMatchmaker:
         self._identity[peer] = identity if identity is not None else cast(Hashable, peer)
         if queue:
             self._queue[peer] = queue
+        self._members[queue] = self._members.get(queue, 0) + 1
         if interests and self._interest_wait > 0:
             self._interests[peer] = tuple(interests)
-        self._advance(self._clock())
+        now = self._clock()
+        self._advance(now)
         self._enqueue(peer)
+        self._tell_reasons(now)
 
     def set_queue(self, peer: Peer, queue: str) -> None:
         self._require_online(peer)
+        members = self._members
+        members[self._queue.get(peer, "")] -= 1
+        members[queue] = members.get(queue, 0) + 1
         if queue:
             self._queue[peer] = queue
         else:
             self._queue.pop(peer, None)
+        self._tell_reasons(self._clock())
 
     def set_interests(self, peer: Peer, interests: Sequence[str]) -> None:
         self._require_online(peer)
@@ -286,12 +310,14 @@ class MemoryMatchmaker:
         self._advance(now)
         self._leave(peer, now)
         self._enqueue(peer)
+        self._tell_reasons(now)
 
     def stop(self, peer: Peer) -> None:
         self._require_online(peer)
         now = self._clock()
         self._advance(now)
         self._leave(peer, now)
+        self._tell_reasons(now)
 
     def report(
         self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
@@ -334,13 +360,14 @@ class MemoryMatchmaker:
         self._unwait(peer)
         self._online.discard(peer)
         del self._identity[peer]
-        self._queue.pop(peer, None)
+        self._members[self._queue.pop(peer, "")] -= 1
         self._interests.pop(peer, None)
         for other in self._recent.pop(peer, {}):
             others = self._recent[other]
             del others[peer]
             if not others:
                 del self._recent[other]
+        self._tell_reasons(now)
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         partner = self._partner.get(peer)
@@ -366,7 +393,9 @@ class MemoryMatchmaker:
         return timers[0][0] if timers else None
 
     def advance(self) -> None:
-        self._advance(self._clock())
+        now = self._clock()
+        self._advance(now)
+        self._tell_reasons(now)
 
     # -- read-only views, for tests and operators -------------------------
 
@@ -466,6 +495,7 @@ class MemoryMatchmaker:
             if waiting.get(other) == queue:
                 heapq.heappush(self._blocked, (expiry, next(self._seq), peer, other))
         waiting[peer] = queue
+        self._queued.setdefault(queue, {})[peer] = None
         for tag in interests:
             self._by_interest.setdefault((queue, tag), {})[peer] = None
         if is_open:
@@ -479,6 +509,11 @@ class MemoryMatchmaker:
         queue = self._waiting.pop(peer, None)
         if queue is None:
             return None
+        queued = self._queued[queue]
+        del queued[peer]
+        if not queued:
+            del self._queued[queue]
+        self._told.pop(peer, None)  # a pairing, or a new wait, says the rest
         by_interest = self._by_interest
         for tag in self._interests.get(peer, ()):
             key = (queue, tag)
@@ -492,6 +527,52 @@ class MemoryMatchmaker:
             if not group:
                 del self._open[queue]
         return queue
+
+    def _tell_reasons(self, now: float) -> None:
+        """Tell the waiting clients of small queues why they wait, where that
+        has changed (see :meth:`Peer.send_wait`)."""
+        told = self._told
+        for queue, members in self._members.items():
+            queued = self._queued.get(queue)
+            if not queued:
+                continue
+            if members > WAIT_REASONS_UP_TO:
+                if told:
+                    for peer in queued:
+                        if told.pop(peer, None) is not None:
+                            peer.send_wait(None)
+                continue
+            for peer in queued:
+                reason = self._reason(peer, queue, members, now)
+                if reason != told.get(peer):
+                    if reason is None:
+                        del told[peer]
+                        peer.send_wait(None)
+                    else:
+                        told[peer] = reason
+                        peer.send_wait(*reason)
+
+    def _reason(
+        self, peer: Peer, queue: str, members: int, now: float
+    ) -> tuple[str, float | None] | None:
+        """Why a client waiting in ``queue`` (of ``members`` online) waits,
+        if it is one a person would otherwise take for a fault."""
+        others = members - (self._queue.get(peer, "") == queue)
+        if others <= 0:
+            return ("alone", None)
+        recent = self._recent.get(peer)
+        if not recent or len(recent) < others:
+            return None
+        apart = [
+            expiry
+            for other, expiry in recent.items()
+            if expiry > now and self._queue.get(other, "") == queue
+        ]
+        if len(apart) < others:
+            return None
+        waiting = self._waiting
+        ends = [e for o, e in recent.items() if e > now and waiting.get(o) == queue]
+        return ("cooldown", min(ends) if ends else None)
 
     def _still_timed(self, entry: tuple[float, int, Peer]) -> bool:
         """Whether an interest-wait entry still describes a waiting client."""

@@ -173,6 +173,9 @@ class _Elsewhere:
     def send_partner_left(self) -> None:
         pass
 
+    def send_wait(self, reason: str | None, until: float | None = None) -> None:
+        pass
+
     def send_event(self, event: bytes) -> None:
         pass
 

@@ -651,6 +651,9 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._idle = True
         self.send_event(wire.PARTNER_LEFT)
 
+    def send_wait(self, reason: str | None, until: float | None = None) -> None:
+        self.send_event(wire.encode_wait(reason, until))
+
     def send_online(self, count: int, now: float) -> bool:
         """Send the ``online`` count unless sent less than an interval ago;
         the first also tells the client its limits.

@@ -304,6 +304,14 @@ def encode_paired_video(
     )
 
 
+def encode_wait(reason: str | None, until: float | None = None) -> bytes:
+    """The ``wait`` event: why the client still waits (``until``: seconds
+    since the epoch, rounded up)."""
+    if until is None:
+        return _frame({"type": "wait", "reason": reason})
+    return _frame({"type": "wait", "reason": reason, "until": math.ceil(until)})
+
+
 def encode_interests(tags: Sequence[str]) -> bytes:
     """The ``interests`` event: the client's interests as the server keeps them."""
     return _frame({"type": "interests", "tags": list(tags)})

@@ -16,6 +16,7 @@ class RecordingPeer:
         self.status: str | None = None
         self.offer: bool | None = None
         self.common: list[str] = []
+        self.wait: tuple[str | None, float | None] | None = None
 
     def __repr__(self) -> str:
         return f"<peer {self.name}>"
@@ -35,6 +36,10 @@ class RecordingPeer:
     def send_partner_left(self) -> None:
         self.events.append(("partner_left",))
         self.status = "partner_left"
+
+    def send_wait(self, reason: str | None, until: float | None = None) -> None:
+        #: The last reason it was told it waits, as (reason, until).
+        self.wait = (reason, until)
 
     def send_event(self, event: bytes) -> None:
         self.events.append(("event", event))

@@ -27,12 +27,19 @@ class Client(WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.events: list[dict[str, Any]] = []
+        self.waits: list[dict[str, Any]] = []
         self.raw: list[tuple[bytes, bool]] = []
         self.closed: tuple[bool, int | None, str | None] | None = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.raw.append((payload, isBinary))
-        self.events.append(json.loads(payload))
+        event = json.loads(payload)
+        # Why a client waits is kept apart: the tests that look at it read
+        # ``waits``; the others see the events they are about.
+        if isinstance(event, dict) and event.get("type") == "wait":
+            self.waits.append(event)
+        else:
+            self.events.append(event)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.closed = (wasClean, code, reason)

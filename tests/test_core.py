@@ -875,3 +875,84 @@ def test_waiting_clients_with_interests_leave_no_trace_when_they_go() -> None:
     internals = vars(mm)
     for name in ("_waiting", "_open", "_by_interest", "_interests", "_wait_ends"):
         assert not internals[name], name
+
+
+# -- why a client waits ----------------------------------------------------------
+
+
+def test_a_client_alone_is_told_so_and_a_newcomer_ends_it() -> None:
+    mm, _ = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a, "a")
+    assert a.wait == ("alone", None)
+    mm.connect(b, "b")
+    assert mm.partner_of(a) is b
+    assert b.wait is None  # paired at once: nothing to explain
+
+
+def test_clients_kept_apart_by_their_cooldown_are_told_until_when() -> None:
+    mm, clock = make(cooldown=60)
+    a, b = peers("a", "b")
+    mm.connect(a, "a")
+    mm.connect(b, "b")
+    clock.now += 5
+    mm.next(a)  # b is idle: a waits, everyone else has just talked with it
+    assert a.wait == ("cooldown", None)
+    mm.next(b)  # now both wait: they meet when the cooldown ends
+    assert a.wait == b.wait == ("cooldown", 1065.0)
+    clock.now = 1065.0
+    mm.advance()
+    assert mm.partner_of(a) is b
+
+
+def test_the_reason_changes_as_people_come_and_go() -> None:
+    mm, clock = make(cooldown=60)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "a")
+    mm.connect(b, "b")
+    mm.stop(b)  # a-b in cooldown, both idle
+    mm.next(a)
+    assert a.wait == ("cooldown", None)
+    mm.disconnect(b)
+    assert a.wait == ("alone", None)
+    # Someone in the other queue does not count; one in this queue does.
+    mm.connect(c, "c", "video")
+    assert a.wait == ("alone", None) and c.wait == ("alone", None)
+    d = RecordingPeer("d")
+    mm.connect(d, "d")
+    assert mm.partner_of(a) is d
+
+
+def test_someone_chatting_whom_one_may_meet_is_no_reason() -> None:
+    mm, _ = make(cooldown=60)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(b, "b")
+    mm.connect(c, "c")  # b and c chat
+    mm.connect(a, "a")
+    assert a.wait is None  # waits for b or c to be free, as anyone would
+
+
+def test_a_reason_told_is_taken_back_when_it_no_longer_holds() -> None:
+    mm, _ = make(cooldown=60)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a, "a")
+    mm.connect(b, "b")
+    mm.stop(a)
+    mm.connect(c, "c", "video")
+    mm.next(b)  # b waits; a (idle) has just talked with it
+    assert b.wait == ("cooldown", None)
+    mm.set_queue(c, "")  # c will join b's queue: b is no longer apart from everyone
+    assert b.wait == (None, None)
+
+
+def test_big_queues_are_not_examined() -> None:
+    mm, _ = make(cooldown=60)
+    crowd = [RecordingPeer(f"p{i}") for i in range(66)]
+    for i, p in enumerate(crowd):
+        mm.connect(p, f"id{i}", "video" if i % 2 else "")
+    loner = RecordingPeer("loner")
+    mm.connect(loner, "loner", "other")
+    assert loner.wait == ("alone", None)
+    for p in crowd:
+        mm.set_queue(p, "other")
+    assert loner.wait == (None, None)  # 67 people online in its queue: not told any more

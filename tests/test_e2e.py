@@ -41,10 +41,11 @@ def server() -> Iterator[RunningServer]:
 
 
 async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    """The next event that is not an ``online`` count."""
+    """The next event that is not an ``online`` count, nor why the client
+    waits (``wait``)."""
     while True:
         event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if event["type"] != "online":
+        if event["type"] not in ("online", "wait"):
             return event
 
 

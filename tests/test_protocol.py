@@ -891,3 +891,24 @@ async def test_admission_names_each_refusal() -> None:
         assert lobby.admission(other)["code"] == "server_full"
     finally:
         await h.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_client_is_told_why_it_waits(harness: Harness) -> None:
+    h = harness
+    a = await h.connect()
+    assert a.waits == [{"type": "wait", "reason": "alone"}]
+    b = await h.connect()
+    a.take()
+    b.take()
+    a.send({"type": "next"})
+    h.pump()
+    b.send({"type": "next"})
+    h.pump()
+    until = math.ceil(h.clock.seconds() + 60)
+    assert a.waits[-1] == {"type": "wait", "reason": "cooldown", "until": until}
+    assert b.waits == [{"type": "wait", "reason": "cooldown", "until": until}]
+    h.tick(59.9)
+    assert [e for e in a.take() if e["type"] != "online"] == [{"type": "waiting"}]
+    h.tick(0.1)
+    assert a.take() == [{"type": "paired", "common": []}]
