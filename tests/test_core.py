@@ -906,7 +906,7 @@ def test_clients_kept_apart_by_their_cooldown_are_told_until_when() -> None:
 
 
 def test_the_reason_changes_as_people_come_and_go() -> None:
-    mm, clock = make(cooldown=60)
+    mm, _ = make(cooldown=60)
     a, b, c = peers("a", "b", "c")
     mm.connect(a, "a")
     mm.connect(b, "b")
