@@ -537,10 +537,10 @@ class MemoryMatchmaker:
             if not queued:
                 continue
             if members > WAIT_REASONS_UP_TO:
-                if told:
-                    for peer in queued:
-                        if told.pop(peer, None) is not None:
-                            peer.send_wait(None)
+                # Told while the queue was small: taken back (told is small).
+                for peer in [p for p in told if p in queued]:
+                    del told[peer]
+                    peer.send_wait(None)
                 continue
             for peer in queued:
                 reason = self._reason(peer, queue, members, now)
