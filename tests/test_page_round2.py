@@ -9,14 +9,17 @@ request.
 
 from __future__ import annotations
 
+import json
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import test_page
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, WebSocketRoute, expect
 from support import RunningServer, free_port, wait_until
 from test_page import (
     CHATTING,
@@ -760,3 +763,209 @@ def test_the_first_visit_card_fits_a_phone_and_is_accessible(
 
     start.tap()
     expect(alice.status).to_have_text(LOOKING)
+
+
+# -- 9. why the wait is long ---------------------------------------------------
+
+ALONE = "You're the only one here right now."
+REPORTED = "You reported the stranger. Looking for a stranger…"
+COOLDOWN = "Everyone online has just talked with you."
+COOLDOWN_UNTIL = re.compile(
+    r"^Everyone online has just talked with you\. You'll meet someone in (\d+) s\.$"
+)
+
+
+class WaitRelay:
+    """Passes everything between a tab and the server but the server's own
+    ``wait`` events, and tells the tab what :meth:`inject` is given as if the
+    server had said it; ``after_waiting``, when set, follows each ``waiting``
+    the server sends.  While ``holding``, the server's events (all but
+    ``online``) are kept back until :meth:`release`."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.page = chat.page
+        self.received: list[str] = []  # the type of every event the server sent
+        self.after_waiting: dict[str, object] | None = None
+        self.holding = False
+        self.held: list[str | bytes] = []
+        self._route: WebSocketRoute | None = None
+        self.page.route_web_socket(re.compile(r"/ws(\?.*)?$"), self._connect)
+        self.page.reload()
+        self.wait_for(lambda: "waiting" in self.received)
+
+    def _connect(self, route: WebSocketRoute) -> None:
+        self._route = route
+        server = route.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            kind = json.loads(message)["type"]
+            self.received.append(kind)
+            if kind == "wait":
+                return  # the test says why the tab waits
+            if self.holding and kind != "online":
+                self.held.append(message)
+            else:
+                self._deliver(message)
+
+        server.on_message(from_server)
+        route.on_message(server.send)
+
+    def inject(self, event: dict[str, object]) -> None:
+        assert self._route is not None
+        self._route.send(json.dumps(event))
+
+    def close(self) -> None:
+        """Drop the tab's connection, as a network would."""
+        assert self._route is not None
+        self._route.close()
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for message in held:
+            self._deliver(message)
+
+    def _deliver(self, message: str | bytes) -> None:
+        assert self._route is not None
+        self._route.send(message)
+        if json.loads(message)["type"] == "waiting" and self.after_waiting is not None:
+            self._route.send(json.dumps(self.after_waiting))
+
+    def wait_for(self, predicate: Callable[[], bool]) -> None:
+        pump_until(self.page, predicate)
+
+
+def why(chat: Chat) -> Locator:
+    """The line under the status that says why the wait is long."""
+    return chat.page.locator("#why")
+
+
+def countdown(chat: Chat) -> int:
+    """The seconds the cooldown line names, once it names some."""
+    expect(why(chat)).to_have_text(COOLDOWN_UNTIL)
+    shown = COOLDOWN_UNTIL.match(why(chat).text_content() or "")
+    assert shown, why(chat).text_content()
+    return int(shown.group(1))
+
+
+def test_a_line_under_the_status_says_why_the_wait_is_long(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    relay = WaitRelay(alice)
+    expect(alice.status).to_have_text(LOOKING)
+
+    relay.inject({"type": "wait", "reason": "alone"})
+    expect(why(alice)).to_have_text(ALONE)
+
+    # The cooldown counts down, a second at a time.
+    relay.inject({"type": "wait", "reason": "cooldown", "until": time.time() + 5})
+    first = countdown(alice)
+    assert 1 <= first <= 5, first
+    pump_until(alice.page, lambda: countdown(alice) < first, timeout=3)
+    assert 1 <= countdown(alice) < first
+    # Never less than a second, even once the time has passed.
+    relay.inject({"type": "wait", "reason": "cooldown", "until": time.time() - 10})
+    expect(why(alice)).to_have_text(
+        "Everyone online has just talked with you. You'll meet someone in 1 s."
+    )
+    alice.page.wait_for_timeout(1_200)
+    expect(why(alice)).to_have_text(
+        "Everyone online has just talked with you. You'll meet someone in 1 s."
+    )
+    # Without a time, none is named.
+    relay.inject({"type": "wait", "reason": "cooldown"})
+    expect(why(alice)).to_have_text(COOLDOWN)
+    # No reason any more: looking, as before.
+    relay.inject({"type": "wait", "reason": None})
+    expect(why(alice)).to_be_hidden()
+    expect(alice.status).to_have_text(LOOKING)
+    # One this page does not know says nothing more either.
+    relay.inject({"type": "wait", "reason": "alone"})
+    expect(why(alice)).to_have_text(ALONE)
+    relay.inject({"type": "wait", "reason": "later"})
+    expect(why(alice)).to_be_hidden()
+
+    # Next starts a new wait without a reason, until the server gives one.
+    relay.inject({"type": "wait", "reason": "cooldown", "until": time.time() + 30})
+    countdown(alice)
+    relay.after_waiting = {"type": "wait", "reason": "alone"}
+    relay.holding = True
+    alice.button("Next").click()
+    expect(why(alice)).to_be_hidden()
+    # A wait while the next's "waiting" is still owed is about the wait left.
+    relay.inject({"type": "wait", "reason": "cooldown"})
+    alice.page.wait_for_timeout(300)
+    expect(why(alice)).to_be_hidden()
+    relay.release()
+    expect(why(alice)).to_have_text(ALONE)
+
+    # Paired: chatting, whatever a late "wait" says.
+    relay.after_waiting = None
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    relay.inject({"type": "wait", "reason": "alone"})
+    relay.inject({"type": "message", "text": "after the wait"})
+    expect(alice.lines.last).to_have_text("Stranger: after the wait")
+    expect(alice.status).to_have_text(CHATTING)
+    expect(why(alice)).to_be_hidden()
+
+    # Stopped: what comes before the next "waiting" is stale too.
+    alice.button("Stop").click()
+    expect(alice.status).to_have_text(YOU_LEFT)
+    relay.inject({"type": "wait", "reason": "alone"})
+    relay.inject({"type": "message", "text": "stale"})
+    alice.page.wait_for_timeout(300)
+    expect(alice.status).to_have_text(YOU_LEFT)
+    expect(why(alice)).to_be_hidden()
+
+    expect(alice.lines.last).not_to_have_text("Stranger: stale")
+
+    # Looking again (Bob is idle, so Alice is alone), and then the
+    # connection is lost: said as always, and no reason is left over.
+    relay.after_waiting = {"type": "wait", "reason": "alone"}
+    alice.button("Start").click()
+    expect(why(alice)).to_have_text(ALONE)
+    relay.after_waiting = None
+    relay.close()
+    expect(why(alice)).to_be_hidden()
+    expect(alice.status).to_have_text(LOOKING)
+    assert alice.problems == [] and alice.dialogs == []
+
+
+def test_a_report_is_still_confirmed_above_why_the_wait_is_long(open_chat: OpenChat) -> None:
+    alice = open_chat()
+    relay = WaitRelay(alice)
+    bob = open_chat()
+    expect_chatting(alice, bob)
+    relay.after_waiting = {"type": "wait", "reason": "alone"}
+    alice.button("Report").click()
+    alice.button("Really report?").click()
+    expect(alice.status).to_have_text(REPORTED)
+    expect(why(alice)).to_have_text(ALONE)
+    relay.inject({"type": "wait", "reason": None})
+    expect(why(alice)).to_be_hidden()
+    expect(alice.status).to_have_text(REPORTED)
+
+
+def test_the_server_says_why_and_both_meet_again_after_the_cooldown(
+    open_chat: OpenChat,
+) -> None:
+    own = RunningServer(free_port(), "--repair-cooldown", "5", "--connects-per-minute", "1000")
+    own.start()
+    try:
+        alice = open_chat(own)
+        expect(why(alice)).to_have_text(ALONE)
+        bob = open_chat(own)
+        expect_chatting(alice, bob)
+
+        # Alice moves on, and Bob too: each has just talked with the only
+        # other person online, and is told when the two meet again.
+        alice.button("Next").click()
+        expect(bob.status).to_have_text(PARTNER_LEFT)
+        # Bob is idle: nobody waits whom Alice could meet at a given time.
+        expect(why(alice)).to_have_text(COOLDOWN)
+        bob.button("Start").click()
+        shown = [countdown(chat) for chat in (alice, bob)]
+        assert all(1 <= n <= 6 for n in shown), shown
+        expect_chatting(alice, bob, timeout=7_000)
+    finally:
+        own.close()

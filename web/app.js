@@ -50,6 +50,15 @@
 // so that reading the rules neither matches nor counts them.  Later visits
 // connect at once, as visiting the page always did; so does every visit when
 // the server shows no card (--no-welcome) or does not answer.
+//
+// A long wait on a small site would look like a fault: the server says why
+// ("wait": alone in this mode, or everyone online has just talked with this
+// person, the re-pair cooldown, perhaps with when it ends), and a line
+// under the status line says so while the person looks.  A "wait" is about the queue the
+// page is in: like "paired", it is stale while a "waiting" is owed or after
+// "stop", and so is one from the queue the page has just left by turning
+// video on or off (until that move's own "waiting").  Every new "waiting"
+// starts without a reason; the server says it again if it still holds.
 "use strict";
 
 (function () {
@@ -72,6 +81,23 @@
   var CAMERA_FAILED =
     "Your camera could not be opened (permission refused or no camera): you are in text mode.";
   var CAMERA_ENDED = "Your camera stopped: you are in text mode.";
+  // Why the person still waits ("wait"), said under "Looking for…".
+  var WAIT_STATUS = {
+    alone: "You're the only one here right now.",
+    cooldown: "Everyone online has just talked with you.",
+    cooldownUntil: "Everyone online has just talked with you. You'll meet someone in {n} s.",
+  };
+  // In video mode only strangers with a camera count: the others online
+  // (the count at the top says them all) are no one to meet.
+  var VIDEO_WAIT_STATUS = {
+    alone: "You're the only one here with a camera right now.",
+    cooldown: "Everyone online with a camera has just talked with you.",
+    cooldownUntil:
+      "Everyone online with a camera has just talked with you. You'll meet someone in {n} s.",
+  };
+  // An end further off than this says more about the two clocks than about
+  // the cooldown (60 s by default): then the line names no time.
+  var WAIT_UNTIL_MAX_MS = 3600 * 1000;
   var VIDEO_FAILED = "Couldn't connect video with this stranger. Text still works.";
   var VIDEO_CONNECT_MS = 15000; // a video chat whose video is not up by then has failed
   var VIDEO_KEY = "roulette.video"; // "1" when the person chose video last time
@@ -160,6 +186,7 @@
   var WELCOME_KEY = "roulette.welcomed"; // "1" when the person agreed to the rules
 
   var statusEl = document.getElementById("status");
+  var whyEl = document.getElementById("why");
   var logEl = document.getElementById("log");
   var onlineEl = document.getElementById("online");
   var typingEl = document.getElementById("typing");
@@ -219,6 +246,15 @@
   // ({code, message, at: when the page tries again}); null when it does not.
   var refusal = null;
   var countdownTimer = 0;
+  // Why the server says the person still waits, while looking ({reason:
+  // "alone" or "cooldown", until: ms since the epoch, or 0}); null when it
+  // said nothing, or no reason holds any more.
+  var waitReason = null;
+  var waitTimer = 0; // counts the cooldown down on the status line
+  // "video" was sent while looking: the "waiting" that answers it (or a
+  // "paired" from the queue left) has not come, and a "wait" before it is
+  // about the queue the person left.
+  var moveOwed = false;
   var soundOn = loadSound();
   var welcoming = false; // the first visit's card shows: not connected on purpose
   var audio = null; // the AudioContext, made when first needed
@@ -316,6 +352,8 @@
       lost = false;
       opened = true;
       setRefusal(null);
+      setWait(null);
+      moveOwed = false;
       pendingWaits = 1; // the server queues every new connection
       reportUnanswered = false;
       reported = false;
@@ -359,6 +397,8 @@
       connected = false;
       lost = true;
       reportUnanswered = false;
+      setWait(null);
+      moveOwed = false;
       onlineEl.textContent = "";
       interestsOwed = 0; // the next connection gives them in its address
       closePeer();
@@ -431,6 +471,46 @@
     var left = Math.max(1, Math.ceil((refusal.at - Date.now()) / 1000));
     var line = REFUSED[refusal.code] || refusal.message || STATUS.lost;
     return line.replace("{n}", String(left));
+  }
+
+  // A "wait" from the server (see the top), while looking.
+  function onWait(event) {
+    if (event.reason === "alone") {
+      setWait({ reason: "alone", until: 0 });
+    } else if (event.reason === "cooldown") {
+      var until = typeof event.until === "number" && isFinite(event.until) ? event.until * 1000 : 0;
+      if (until - Date.now() > WAIT_UNTIL_MAX_MS) until = 0;
+      setWait({ reason: "cooldown", until: until });
+    } else {
+      // null: no reason any more.  A reason this page does not know is
+      // nothing it could explain either.
+      setWait(null);
+    }
+    render();
+  }
+
+  // The line under the status counts down, one change a second at most
+  // (render writes it only when the text differs), and stops at 1 s.
+  function setWait(value) {
+    waitReason = value;
+    clearInterval(waitTimer);
+    waitTimer = value && value.until ? setInterval(render, 1000) : 0;
+  }
+
+  // What the line under the status says about a wait.
+  function waitText() {
+    var lines = videoMode ? VIDEO_WAIT_STATUS : WAIT_STATUS;
+    var line;
+    if (waitReason.reason === "alone") {
+      line = lines.alone;
+    } else if (waitReason.until) {
+      // Paired then at the latest: never "0 s", nor less.
+      var left = Math.max(1, Math.ceil((waitReason.until - Date.now()) / 1000));
+      line = lines.cooldownUntil.replace("{n}", String(left));
+    } else {
+      line = lines.cooldown;
+    }
+    return line;
   }
 
   // "Try again now": do not wait out the rest of the pause.
@@ -604,6 +684,9 @@
       case "waiting":
         // The first "waiting" after a report (or a block) is its own.
         reportUnanswered = false;
+        // One that is not owed answers a move to the other queue (or is
+        // unexpected): whatever "wait" follows is about the queue now.
+        if (pendingWaits === 0) moveOwed = false;
         if (pendingWaits > 0) pendingWaits -= 1;
         if (pendingWaits === 0 && !stopped) {
           setPhase("looking");
@@ -615,6 +698,7 @@
     if (pendingWaits > 0 || stopped) return; // about a chat already left
     switch (event.type) {
       case "paired":
+        moveOwed = false; // paired before the move: no "waiting" for it
         var isVideo = event.video === true;
         if (switchPending) {
           switchPending = false;
@@ -636,6 +720,9 @@
         if (isVideo && videoMode && localStream) {
           startPeer(event.offer === true, event.ice_servers);
         }
+        break;
+      case "wait":
+        if (phase === "looking" && !moveOwed) onWait(event);
         break;
       case "signal":
         if (phase === "chatting" && peer && event.data && typeof event.data === "object") {
@@ -1353,6 +1440,9 @@
       sendNext();
     } else {
       switchPending = true;
+      moveOwed = true;
+      setWait(null); // that was about the queue left
+      render();
     }
   }
 
@@ -1771,6 +1861,9 @@
   }
 
   function setPhase(value) {
+    // Any change of chat (a new "waiting" included) starts without a reason
+    // to wait: the server says it again after "waiting" if it still holds.
+    setWait(null);
     if (value !== "chatting") {
       hideTyping();
       resetTypingSignal();
@@ -1786,6 +1879,9 @@
   function render() {
     var banned = isBanned();
     var offline = !connected && lost && !banned;
+    // Why the wait is long, as the server said (not about the queue the
+    // person is leaving: the new mode is not yet told to the server).
+    var explained = connected && phase === "looking" && waitReason && videoMode === socketVideo;
     var status;
     if (welcoming) status = ""; // nothing is going on yet: the card says why
     else if (banned) status = banStatus();
@@ -1795,6 +1891,10 @@
     else if (phase === "looking" && videoMode) status = VIDEO_STATUS.looking;
     else status = STATUS[phase];
     if (statusEl.textContent !== status) statusEl.textContent = status;
+    // Below it, the reason: the status line keeps saying what goes on.
+    var why = explained ? waitText() : "";
+    if (whyEl.textContent !== why) whyEl.textContent = why;
+    whyEl.hidden = !why;
     checkNotice();
 
     var label = escTimer ? "Really?" : isIdle() ? "Start" : "Next";
