@@ -135,9 +135,8 @@ class StaticFiles(static.File):
         return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
-class Health(resource.Resource):
-    """``GET /healthz``: the lobby's counts as JSON (the pool's, with
-    ``--redis``, and the id of the node that answered)."""
+class _LobbyAnswer(resource.Resource):
+    """A JSON answer about the lobby, never cached."""
 
     isLeaf = True
 
@@ -148,28 +147,31 @@ class Health(resource.Resource):
     def render_GET(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps(self.answer(request)).encode("ascii")
+
+    def answer(self, request: IRequest) -> dict[str, object]:
+        raise NotImplementedError
+
+
+class Health(_LobbyAnswer):
+    """``GET /healthz``: the lobby's counts as JSON (the pool's, with
+    ``--redis``, and the id of the node that answered)."""
+
+    def answer(self, request: IRequest) -> dict[str, object]:
         answer: dict[str, object] = {**self._lobby.stats().as_dict()}
         node = getattr(self._lobby.matchmaker, "node", None)
         if node is not None:  # one node of a pool (--redis): which answered
             answer["node"] = node
-        return json.dumps(answer).encode("ascii")
+        return answer
 
 
-class Admission(resource.Resource):
+class Admission(_LobbyAnswer):
     """``GET /admission``: whether a WebSocket from the caller's address
     would be admitted now, and if not why (``Lobby.admission``).  A page
     cannot see why its WebSocket was refused (HTTP 429, 403 or 503 are
     hidden from it); it asks here."""
 
-    isLeaf = True
-
-    def __init__(self, lobby: Lobby) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self._lobby = lobby
-
-    def render_GET(self, request: IRequest) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
+    def answer(self, request: IRequest) -> dict[str, object]:
         gate = self._lobby.gate
         forwarded = request.getHeader(b"x-forwarded-for")
         address = client_host(
@@ -177,8 +179,7 @@ class Admission(resource.Resource):
             [forwarded.decode("latin-1")] if forwarded else [],
             gate.trust_proxy,
         )
-        answer = self._lobby.admission(gate.hasher.keys(address))
-        return json.dumps(answer).encode("ascii")
+        return self._lobby.admission(gate.hasher.keys(address))
 
 
 #: The most rules a rules file may hold, and the longest one (characters).
