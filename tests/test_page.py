@@ -18,6 +18,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def expect_chatting(*chats: Chat, timeout: float | None = None) -> None:
 def untimed(line: str) -> str:
     """A line of a saved log without its time ("[14:03] ")."""
     return re.sub(r"^\[\d\d:\d\d\] ", "", line)
+
+
+@contextmanager
+def strangers_behind_a_proxy(
+    open_chat: OpenChat,
+) -> Iterator[tuple[RunningServer, Callable[[str], Chat]]]:
+    """A server of its own, and a way to open a tab on it from an address of
+    its own (through a trusted proxy): reports and blocks are kept per
+    address, and every tab connects from 127.0.0.1."""
+    with RunningServer(
+        free_port(), "--repair-cooldown", "0", "--trust-proxy", "1", "--connects-per-minute", "1000"
+    ) as own:
+        yield own, lambda address: open_chat(own, extra_http_headers={"X-Forwarded-For": address})
 
 
 def chose_interests(running: RunningServer, tags: list[str]) -> dict[str, object]:
@@ -662,16 +676,7 @@ def test_a_refused_next_or_stop_does_not_leave_the_page_out_of_step(
 
 
 def test_report_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -> None:
-    # Reports are kept per address, and every tab connects from 127.0.0.1:
-    # on a server of its own, each tab gets an address from a trusted proxy.
-    own = RunningServer(
-        free_port(), "--repair-cooldown", "0", "--trust-proxy", "1", "--connects-per-minute", "1000"
-    ).start()
-    try:
-
-        def stranger(address: str) -> Chat:
-            return open_chat(own, extra_http_headers={"X-Forwarded-For": address})
-
+    with strangers_behind_a_proxy(open_chat) as (own, stranger):
         alice = stranger("192.0.2.1")
         bob = stranger("192.0.2.2")
         expect_chatting(alice, bob)
@@ -719,8 +724,6 @@ def test_report_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) 
         expect_chatting(carol, second)
         carol.say("hello, second stranger")
         expect(second.lines).to_have_text(["Stranger: hello, second stranger"])
-    finally:
-        own.close()
 
 
 def ban_text(until: float, zone: timezone) -> str:

@@ -33,6 +33,7 @@ from test_page import (
     Relay,
     expect_chatting,
     pump_until,
+    strangers_behind_a_proxy,
 )
 
 pytestmark = pytest.mark.browser
@@ -450,17 +451,7 @@ BLOCKED = "You blocked the stranger."
 
 
 def test_block_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -> None:
-    # Blocks are kept per address (two people behind one address are not
-    # kept apart), and every tab connects from 127.0.0.1: on a server of its
-    # own, each tab gets an address from a trusted proxy.
-    own = RunningServer(
-        free_port(), "--repair-cooldown", "0", "--trust-proxy", "1", "--connects-per-minute", "1000"
-    ).start()
-    try:
-
-        def stranger(address: str) -> Chat:
-            return open_chat(own, extra_http_headers={"X-Forwarded-For": address})
-
+    with strangers_behind_a_proxy(open_chat) as (own, stranger):
         alice = stranger("192.0.2.1")
         bob = stranger("192.0.2.2")
         expect_chatting(alice, bob)
@@ -505,8 +496,6 @@ def test_block_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -
         carol.button("Next").click()
         expect(first.status).to_have_text(PARTNER_LEFT)
         expect_chatting(carol, second)
-    finally:
-        own.close()
 
 
 def test_a_block_that_crosses_the_partner_leaving_keeps_the_page_in_step(
