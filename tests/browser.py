@@ -4,7 +4,8 @@ server their tabs talk to, and a person's tab as the tests look at it
 
 from __future__ import annotations
 
-from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Locator
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Locator, Page
 from support import RunningServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -18,6 +19,18 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def serious_violations(page: Page) -> list[str]:
+    """What axe finds seriously wrong on the page (impact serious or
+    critical), one line each, naming the elements."""
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(str(node["target"]) for node in v["nodes"])
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def page_server(*options: str) -> RunningServer:

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import test_page
-from axe_playwright_python.sync_playwright import Axe
-from browser import page_server
+from browser import page_server, serious_violations
 from playwright.sync_api import Locator, WebSocketRoute, expect
 from support import RunningServer
 from test_page import LOOKING, Chat, OpenChat, chose_interests, expect_chatting
@@ -233,13 +232,7 @@ def test_interests_on_a_phone_in_dark_mode(open_chat: OpenChat, server: RunningS
     ):
         expect(control).to_be_in_viewport(ratio=1)
 
-    results = Axe().run(alice.page)
-    serious = [
-        f"{v['id']} ({v['impact']}): {v['help']} at "
-        + ", ".join(str(node["target"]) for node in v["nodes"])
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
+    serious = serious_violations(alice.page)
     assert serious == []
 
     # By touch as well: a chip goes, and the chat goes on.

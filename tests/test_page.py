@@ -24,13 +24,12 @@ from pathlib import Path
 
 import pytest
 import websockets.sync.client
-from browser import CHROMIUM, Tab, page_server
+from browser import CHROMIUM, Tab, page_server, serious_violations
 from support import IN_CI, RunningServer, free_port, wait_until
 
 if not Path(CHROMIUM).exists() and not IN_CI:
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
     Locator,
@@ -997,16 +996,9 @@ def test_phone_viewport(open_chat: OpenChat) -> None:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_no_serious_accessibility_violations(open_chat: OpenChat, scheme: str) -> None:
-    axe = Axe()
 
     def check(chat: Chat, state: str) -> None:
-        results = axe.run(chat.page)
-        serious = [
-            f"{v['id']} ({v['impact']}): {v['help']} at "
-            + ", ".join(str(node["target"]) for node in v["nodes"])
-            for v in results.response["violations"]
-            if v["impact"] in ("serious", "critical")
-        ]
+        serious = serious_violations(chat.page)
         assert serious == [], f"{scheme}, {state}"
 
     alice = open_chat(color_scheme=scheme)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import test_page
-from axe_playwright_python.sync_playwright import Axe
+from browser import serious_violations
 from playwright.sync_api import Locator, WebSocketRoute, expect
 from support import RunningServer, free_port, wait_until
 from test_page import (
@@ -736,13 +736,7 @@ def test_the_first_visit_card_fits_a_phone_and_is_accessible(
     start.scroll_into_view_if_needed()
     expect(start).to_be_in_viewport(ratio=1)
 
-    results = Axe().run(alice.page)
-    serious = [
-        f"{v['id']} ({v['impact']}): {v['help']} at "
-        + ", ".join(str(node["target"]) for node in v["nodes"])
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
+    serious = serious_violations(alice.page)
     assert serious == [], scheme
     if scheme == "dark":
         background = card.locator(".welcome-card").evaluate(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, Tab, page_server
+from browser import CHROMIUM, CHROMIUM_ARGS, Tab, page_server, serious_violations
 from support import IN_CI, RunningServer, free_port, wait_until
 
 #: Set in the run inside the network namespace.
@@ -162,7 +162,6 @@ def in_netns(test: Callable[..., None]) -> Callable[..., None]:
 # -- inside the namespace --------------------------------------------------------
 
 if IN_NETNS:
-    from axe_playwright_python.sync_playwright import Axe
     from playwright.sync_api import (
         Browser,
         Locator,
@@ -605,7 +604,6 @@ def test_signalling_keeps_to_the_servers_budget_and_ice_servers(open_tab) -> Non
 
 @in_netns
 def test_no_serious_accessibility_violations_in_a_video_chat(open_tab) -> None:
-    axe = Axe()
     alice = open_tab()
     alice.turn_video_on()
     bob = open_tab()
@@ -619,13 +617,7 @@ def test_no_serious_accessibility_violations_in_a_video_chat(open_tab) -> None:
     for scheme in ("light", "dark"):
         for tab in (alice, bob):
             tab.page.emulate_media(color_scheme=scheme)
-            results = axe.run(tab.page)
-            serious = [
-                f"{v['id']} ({v['impact']}): {v['help']} at "
-                + ", ".join(str(node["target"]) for node in v["nodes"])
-                for v in results.response["violations"]
-                if v["impact"] in ("serious", "critical")
-            ]
+            serious = serious_violations(tab.page)
             assert serious == [], scheme
 
     # The keyboard goes from the video controls to the text chat, with a
