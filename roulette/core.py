@@ -54,7 +54,7 @@ import itertools
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 #: How many reported pairs of identities are remembered; the oldest go first.
 MAX_NEVER_PAIRS = 100_000
@@ -63,6 +63,8 @@ MAX_NEVER_PAIRS = 100_000
 #: waiting clients wait: nobody there is alone, nor has talked with all the
 #: others within a cooldown.
 WAIT_REASONS_UP_TO = 64
+
+_K = TypeVar("_K", str, tuple[str, str])
 
 
 class Peer(Protocol):
@@ -179,6 +181,14 @@ class Matchmaker(Protocol):
     def advance(self) -> None:
         """Pair the waiting clients whose cooldown or interest wait has run
         out by now."""
+
+
+def _leave_group(groups: dict[_K, dict[Peer, None]], key: _K, peer: Peer) -> None:
+    """Take ``peer`` out of ``groups[key]``, and the group out once empty."""
+    group = groups[key]
+    del group[peer]
+    if not group:
+        del groups[key]
 
 
 class AlreadyConnected(Exception):
@@ -509,23 +519,12 @@ class MemoryMatchmaker:
         queue = self._waiting.pop(peer, None)
         if queue is None:
             return None
-        queued = self._queued[queue]
-        del queued[peer]
-        if not queued:
-            del self._queued[queue]
+        _leave_group(self._queued, queue, peer)
         self._told.pop(peer, None)  # a pairing, or a new wait, says the rest
-        by_interest = self._by_interest
         for tag in self._interests.get(peer, ()):
-            key = (queue, tag)
-            group = by_interest[key]
-            del group[peer]
-            if not group:
-                del by_interest[key]
+            _leave_group(self._by_interest, (queue, tag), peer)
         if self._wait_ends.pop(peer, None) is None:
-            group = self._open[queue]
-            del group[peer]
-            if not group:
-                del self._open[queue]
+            _leave_group(self._open, queue, peer)
         return queue
 
     def _tell_reasons(self, now: float) -> None:
@@ -563,15 +562,14 @@ class MemoryMatchmaker:
         recent = self._recent.get(peer)
         if not recent or len(recent) < others:
             return None
-        apart = [
-            expiry
-            for other, expiry in recent.items()
-            if expiry > now and self._queue.get(other, "") == queue
-        ]
-        if len(apart) < others:
+        apart, ends = 0, []
+        for other, expiry in recent.items():
+            if expiry > now:
+                apart += self._queue.get(other, "") == queue
+                if self._waiting.get(other) == queue:
+                    ends.append(expiry)
+        if apart < others:
             return None
-        waiting = self._waiting
-        ends = [e for o, e in recent.items() if e > now and waiting.get(o) == queue]
         return ("cooldown", min(ends) if ends else None)
 
     def _still_timed(self, entry: tuple[float, int, Peer]) -> bool:
