@@ -370,6 +370,7 @@ class MemoryMatchmaker:
         self._unwait(peer)
         self._online.discard(peer)
         del self._identity[peer]
+        self._told.pop(peer, None)
         self._members[self._queue.pop(peer, "")] -= 1
         self._interests.pop(peer, None)
         for other in self._recent.pop(peer, {}):
@@ -449,6 +450,9 @@ class MemoryMatchmaker:
         heapq.heappush(self._expiries, (expiry, next(self._seq), a, b))
 
     def _enqueue(self, peer: Peer) -> None:
+        # A new "waiting" starts without a reason (placed again, a waiting
+        # client keeps the one it was told: no new "waiting" was sent).
+        self._told.pop(peer, None)
         peer.send_waiting()
         now = self._clock()
         self._place(peer, now, self._queue.get(peer, ""), self._wait_end(peer, now))
@@ -520,7 +524,6 @@ class MemoryMatchmaker:
         if queue is None:
             return None
         _leave_group(self._queued, queue, peer)
-        self._told.pop(peer, None)  # a pairing, or a new wait, says the rest
         for tag in self._interests.get(peer, ()):
             _leave_group(self._by_interest, (queue, tag), peer)
         if self._wait_ends.pop(peer, None) is None:

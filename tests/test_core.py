@@ -956,3 +956,17 @@ def test_big_queues_are_not_examined() -> None:
     for p in crowd:
         mm.set_queue(p, "other")
     assert loner.wait == (None, None)  # 67 people online in its queue: not told any more
+
+
+def test_a_reason_told_outlives_being_placed_again_and_is_not_repeated() -> None:
+    mm, _ = make_with_interests()
+    a, b = peers("a", "b")
+    mm.connect(a, "a")
+    assert a.wait == ("alone", None)
+    a.wait = None
+    mm.set_interests(a, ("cats",))  # placed again: no new "waiting", the reason stands
+    assert mm.is_waiting(a)
+    mm.connect(b, "b", "video")
+    assert a.wait is None  # still alone: not told again
+    mm.set_queue(b, "")  # b will join a's queue: a is not alone any more
+    assert a.wait == (None, None)
