@@ -45,6 +45,11 @@ Pairing rules (see ``docs/protocol.md``):
   :meth:`Matchmaker.advance`.
 * A relayed event goes to the sender's partner at the moment it is handled,
   and to nobody else.
+* A client whose connection dropped is *away* until it is back or gone: it
+  keeps its chat (its partner is told), and is never paired meanwhile.
+* Cooldowns outlive a disconnection: a peer connected again within one (a
+  session of the shell's, which outlives its connections) is still kept
+  from the partners it just had.
 """
 
 from __future__ import annotations
@@ -90,6 +95,14 @@ class Peer(Protocol):
         queue), ``"cooldown"`` (everyone else has just talked with you;
         ``until``: when the earliest cooldown with a waiting one ends), or
         ``None``: neither any more."""
+
+    def send_partner_away(self) -> None:
+        """Your partner's connection dropped; your chat goes on, and it may
+        come back (see :meth:`Matchmaker.away`)."""
+
+    def send_partner_back(self) -> None:
+        """Your chat goes on: said to both when the one whose connection
+        dropped is back (see :meth:`Matchmaker.back`)."""
 
     def send_event(self, event: bytes) -> None:
         """Your partner relayed ``event``, encoded as the wire carries it."""
@@ -163,7 +176,22 @@ class Matchmaker(Protocol):
         when the peer had no partner by the time the report was handled."""
 
     def disconnect(self, peer: Peer) -> None:
-        """The client is gone; its partner, if any, is told."""
+        """The client is gone; its partner, if any, is told.  Its cooldowns
+        run on: a peer that connects again (a session that outlives its
+        connections) is not paired with those it just talked with."""
+
+    def away(self, peer: Peer) -> None:
+        """The client's connection dropped, and it may come back
+        (:meth:`back`) or go (:meth:`disconnect`).  Meanwhile it is never
+        paired: a waiting client leaves its queue, and a chatting client's
+        partner is told (:meth:`Peer.send_partner_away`) and keeps relaying
+        to it.  Nothing is done for a client already away."""
+
+    def back(self, peer: Peer) -> None:
+        """The client away is back: a chat it still has goes on (both are
+        told, :meth:`Peer.send_partner_back`); if it was waiting when it
+        went away, it waits again (``send_waiting``); idle, it stays idle.
+        Nothing is done for a client that is not away."""
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         """Deliver ``event`` to the partner the peer has when this is handled
@@ -253,6 +281,8 @@ class MemoryMatchmaker:
         # The queue each client joins next, where it is not the text one ("").
         self._queue: dict[Peer, str] = {}
         self._partner: dict[Peer, Peer] = {}
+        # The clients away, each with whether it was waiting when it went.
+        self._away: dict[Peer, bool] = {}
         # When each chatting client's chat began, and who has sent a message in it.
         self._paired_at: dict[Peer, float] = {}
         self._sent: set[Peer] = set()
@@ -366,18 +396,43 @@ class MemoryMatchmaker:
         if partner is not None:
             del self._partner[partner]
             self._end_chat(peer, partner)
+            self._start_cooldown(peer, partner, now)
             partner.send_partner_left()
         self._unwait(peer)
+        self._away.pop(peer, None)
         self._online.discard(peer)
         del self._identity[peer]
         self._told.pop(peer, None)
         self._members[self._queue.pop(peer, "")] -= 1
         self._interests.pop(peer, None)
-        for other in self._recent.pop(peer, {}):
-            others = self._recent[other]
-            del others[peer]
-            if not others:
-                del self._recent[other]
+        # Its cooldowns run on, and are forgotten when they run out.
+        self._tell_reasons(now)
+
+    def away(self, peer: Peer) -> None:
+        self._require_online(peer)
+        if peer in self._away:
+            return
+        now = self._clock()
+        self._advance(now)
+        partner = self._partner.get(peer)
+        self._away[peer] = self._unwait(peer) is not None
+        if partner is not None:
+            partner.send_partner_away()
+        self._tell_reasons(now)
+
+    def back(self, peer: Peer) -> None:
+        self._require_online(peer)
+        was_waiting = self._away.pop(peer, None)
+        if was_waiting is None:
+            return
+        now = self._clock()
+        self._advance(now)
+        partner = self._partner.get(peer)
+        if partner is not None:
+            partner.send_partner_back()
+            peer.send_partner_back()
+        elif was_waiting and peer not in self._waiting:
+            self._enqueue(peer)
         self._tell_reasons(now)
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
@@ -566,8 +621,10 @@ class MemoryMatchmaker:
         if not recent or len(recent) < others:
             return None
         apart, ends = 0, []
+        online = self._online
         for other, expiry in recent.items():
-            if expiry > now:
+            # (Cooldowns outlive a disconnection: those gone are not counted.)
+            if expiry > now and other in online:
                 apart += self._queue.get(other, "") == queue
                 if self._waiting.get(other) == queue:
                     ends.append(expiry)

@@ -37,6 +37,12 @@ class RecordingPeer:
         self.events.append(("partner_left",))
         self.status = "partner_left"
 
+    def send_partner_away(self) -> None:
+        self.events.append(("partner_away",))
+
+    def send_partner_back(self) -> None:
+        self.events.append(("partner_back",))
+
     def send_wait(self, reason: str | None, until: float | None = None) -> None:
         #: The last reason it was told it waits, as (reason, until).
         self.wait = (reason, until)

@@ -194,16 +194,105 @@ def test_zero_cooldown_allows_immediate_rematch() -> None:
     assert mm.next_deadline() is None
 
 
-def test_disconnect_forgets_cooldowns() -> None:
-    mm, _ = make(cooldown=60)
+def test_cooldowns_outlive_a_disconnection_until_they_run_out() -> None:
+    """A peer that connects again (a session whose connection closed) is
+    still kept from the partner it just left; then everything is forgotten."""
+    mm, clock = make(cooldown=60)
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a)
+    mm.connect(b)
+    mm.next(a)  # a skipped b
+    mm.next(b)  # both wait, apart
+    mm.disconnect(a)  # a reloads the page
+    mm.connect(a)
+    assert mm.partner_of(a) is None and mm.is_waiting(a) and mm.is_waiting(b)
+    mm.connect(c)
+    assert mm.partner_of(c) in (a, b)
+    clock.now += 60
+    mm.advance()
+    assert mm._recent == {}
+    mm.disconnect(a)
+    mm.disconnect(b)
+    mm.disconnect(c)
+    assert mm.next_deadline() is None
+    clock.now += 60  # the cooldown of c's chat runs out: nothing is left
+    mm.advance()
+    assert mm._recent == {} and mm._expiries == []
+
+
+def test_a_chat_ended_by_a_disconnection_starts_a_cooldown() -> None:
+    mm, clock = make(cooldown=60)
     a, b = peers("a", "b")
     mm.connect(a)
     mm.connect(b)
+    mm.disconnect(a)  # a closes its tab mid-chat, and comes back at once
+    assert b.status == "partner_left"
+    mm.connect(a)
+    mm.next(b)
+    assert mm.partner_of(a) is None
+    clock.now += 60
+    mm.advance()
+    assert mm.partner_of(a) is b
+
+
+def test_a_partner_is_told_when_its_stranger_is_away_and_back() -> None:
+    mm, _ = make()
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a)
+    mm.connect(b)
+    a.take(), b.take()
+    mm.away(a)
+    assert b.take() == [("partner_away",)]
+    assert a.take() == []
+    mm.relay(b, b"hi")  # relayed on: the shell holds it for a
+    assert a.take() == [("event", b"hi")]
+    mm.connect(c)  # never paired with a, nor with b (still in its chat)
+    assert mm.is_waiting(c)
+    mm.away(a)  # twice: nothing more
+    assert b.take() == []
+    mm.back(a)
+    assert b.take() == [("partner_back",)]
+    assert a.take() == [("partner_back",)]
+    mm.back(a)  # not away: nothing
+    assert a.take() == b.take() == []
+    assert mm.partner_of(a) is b
+
+
+def test_an_away_client_whose_partner_left_comes_back_idle() -> None:
+    mm, _ = make(cooldown=0)
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    mm.away(a)
+    mm.next(b)
+    assert a.status == "partner_left"
+    assert mm.is_waiting(b)  # and never paired with a, away
+    a.take()
+    mm.back(a)
+    assert a.take() == []
+    assert mm.partner_of(a) is None and not mm.is_waiting(a)
     mm.next(a)
-    mm.disconnect(b)
-    mm.disconnect(a)
-    assert mm._recent == {}
-    assert mm.next_deadline() is None
+    assert mm.partner_of(a) is b
+
+
+def test_a_waiting_client_away_is_never_paired_and_waits_again_when_back() -> None:
+    mm, _ = make()
+    a, b, c = peers("a", "b", "c")
+    mm.connect(a)
+    mm.away(a)
+    assert not mm.is_waiting(a)
+    mm.connect(b)
+    assert mm.partner_of(b) is None and mm.is_waiting(b)
+    assert mm.stats() == Stats(online=2, waiting=1, chatting=0)
+    a.take()
+    mm.back(a)
+    assert a.take() == [("waiting",), ("paired",)]
+    assert mm.partner_of(a) is b
+    mm.connect(c)
+    mm.away(c)
+    mm.disconnect(c)  # the grace ran out
+    assert mm.stats() == Stats(online=2, waiting=0, chatting=2)
+    assert mm._away == {}
 
 
 def test_an_operation_after_a_missed_deadline_still_pairs_the_freed() -> None:
@@ -260,8 +349,8 @@ INTERESTS = st.lists(
 
 class MatchmakerMachine(RuleBasedStateMachine):
     """Random connects, nexts, stops, messages, typing, interests,
-    disconnects and the passing of time, checking the pairing rules after
-    every step."""
+    disconnects, clients away and back, sessions connecting again, and the
+    passing of time, checking the pairing rules after every step."""
 
     COOLDOWN = 30.0
     INTEREST_WAIT = 10.0
@@ -293,6 +382,8 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.interests: dict[RecordingPeer, tuple[str, ...]] = {}
         self.joined_with: dict[RecordingPeer, tuple[str, ...]] = {}
         self.since: dict[RecordingPeer, float] = {}
+        # The clients away, each with whether it was waiting when it went.
+        self.away: dict[RecordingPeer, bool] = {}
 
     # -- helpers ---------------------------------------------------------------
 
@@ -317,6 +408,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         for p in self.online:
             q = self.mm.partner_of(p)
             if q is not None and self.partner.get(p) is not q:
+                assert p not in self.away and q not in self.away, f"{p} or {q} paired while away"
                 assert p not in self.partner, f"{p} got a second partner"
                 assert q not in self.partner, f"{q} got a second partner"
                 ended = self.ended.get(frozenset((p, q)))
@@ -373,7 +465,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     @rule(p=clients)
     def next(self, p: RecordingPeer) -> None:
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         q = self._end(p, record_cooldown=True)
@@ -386,7 +478,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     @rule(p=clients)
     def report(self, p: RecordingPeer) -> None:
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         q = self.partner.get(p)
@@ -411,7 +503,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def set_queue(self, p: RecordingPeer, video: bool) -> None:
         """The queue changes for the next time the client joins one: its
         chat, or its place in a queue, stays as it is."""
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         self.queue[p] = "video" if video else ""
@@ -423,7 +515,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def set_interests(self, p: RecordingPeer, interests: list[str]) -> None:
         """Interests change for the next time the client joins a queue; a
         waiting client joins again at once (and may be paired at once)."""
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         self.interests[p] = tuple(interests)
@@ -436,7 +528,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     @rule(p=clients)
     def stop(self, p: RecordingPeer) -> None:
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         q = self._end(p, record_cooldown=True)
@@ -452,18 +544,69 @@ class MatchmakerMachine(RuleBasedStateMachine):
         if p not in self.online:
             return
         self._silence()
-        q = self._end(p, record_cooldown=False)
+        q = self._end(p, record_cooldown=True)
         self.mm.disconnect(p)
         self.online.remove(p)
+        self.away.pop(p, None)
         self.gone.append(p)
         assert p.events == []
         if q is not None:
             assert q.events == [("partner_left",)]
         self._observe_pairings()
 
+    @rule(target=clients, data=st.data())
+    def connect_again(self, data: st.DataObject) -> RecordingPeer:
+        """A session whose connection closed connects again: the same peer,
+        still in cooldown with the partners it just had."""
+        if not self.gone:
+            return self.connect(data.draw(st.sampled_from(["ip1", "ip2"])), False, [])
+        p = data.draw(st.sampled_from(self.gone))
+        self.gone.remove(p)
+        self.online.append(p)
+        self._join(p)
+        self.mm.connect(p, self.identity[p], self.queue[p], self.interests[p])
+        assert p.events[0] == ("waiting",)
+        self._observe_pairings()
+        return p
+
+    @rule(p=clients)
+    def away(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        was_away = p in self.away
+        self.away.setdefault(p, self.mm.is_waiting(p))
+        self.mm.away(p)
+        q = self.partner.get(p)
+        assert p.events == []
+        if q is not None:
+            assert q.events == ([] if was_away else [("partner_away",)])
+        assert not self.mm.is_waiting(p)
+        self._observe_pairings()
+
+    @rule(p=clients)
+    def back(self, p: RecordingPeer) -> None:
+        if p not in self.online:
+            return
+        self._silence()
+        was_waiting = self.away.pop(p, None)
+        q = self.partner.get(p)
+        if was_waiting and q is None:
+            self._join(p)
+        self.mm.back(p)
+        if was_waiting is None:
+            assert p.events == []
+        elif q is not None:
+            assert p.events == [("partner_back",)] and q.events == [("partner_back",)]
+        elif was_waiting:
+            assert p.events[0] == ("waiting",)
+        else:
+            assert p.events == [] and not self.mm.is_waiting(p)
+        self._observe_pairings()
+
     @rule(p=clients, text=st.text(min_size=1, max_size=5))
     def message(self, p: RecordingPeer, text: str) -> None:
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         event = text.encode()
@@ -477,7 +620,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
 
     @rule(p=clients, active=st.booleans())
     def typing(self, p: RecordingPeer, active: bool) -> None:
-        if p not in self.online:
+        if p not in self.online or p in self.away:  # away: no connection
             return
         self._silence()
         event = b"typing on" if active else b"typing off"
