@@ -28,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +82,11 @@ WORKERS = ("roulette-workers-1", "roulette-workers-2")
 PIN = True
 #: ``--compare TWISTD`` adds this server: another install of roulette.
 COMPARED = "roulette-compared"
+#: ``--metrics`` adds this server: roulette with ``--metrics``, scraped every
+#: ``SCRAPE_INTERVAL`` seconds while it is measured (Prometheus scrapes every
+#: 15 s by default: this is the cost at fifteen times that).
+METRICS = "roulette-metrics"
+SCRAPE_INTERVAL = 1.0
 
 
 def compared_command(twistd: str) -> Callable[[int, Path], list[str]]:
@@ -182,6 +189,7 @@ class Server:
         self.name = name
         self.processes: list[subprocess.Popen[bytes]] = []
         self.workers: list[int] = []
+        self._scraping: threading.Event | None = None
         if name == POOL or name in WORKERS:
             redis_port = self.redis_port = free_port()
             self._start(
@@ -213,6 +221,18 @@ class Server:
                 )
             # Until both have joined the pool, WebSockets are refused (503).
             time.sleep(1.0)
+        elif name == METRICS:
+            self.ports = [free_port()]
+            metrics_port = free_port()
+            command = roulette_command(self.ports[0], workdir / f"{name}.log")
+            self._start(
+                [*command, "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1"],
+                self.ports[0], workdir,
+            )  # fmt: skip
+            self._scraping = threading.Event()
+            threading.Thread(
+                target=scrape, args=(metrics_port, self._scraping), daemon=True
+            ).start()
         else:
             self.ports = [free_port()]
             self._start(
@@ -240,6 +260,8 @@ class Server:
         raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
+        if self._scraping is not None:
+            self._scraping.set()
         for pid in self.workers:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -248,6 +270,16 @@ class Server:
         for process in reversed(self.processes):
             process.kill()
             process.wait()
+
+
+def scrape(port: int, stop: threading.Event) -> None:
+    """GET /metrics every ``SCRAPE_INTERVAL`` seconds until ``stop`` is set."""
+    while not stop.wait(SCRAPE_INTERVAL):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                r.read()
+        except OSError as error:
+            print(f"WARNING: scraping /metrics failed: {error}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -542,6 +574,12 @@ def main() -> None:
         action="store_true",
         help=f"also measure {' and '.join(WORKERS)} (one port, a redis-server; nothing pinned)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help=f"also measure {METRICS!r}: roulette with --metrics, scraped every "
+        f"{SCRAPE_INTERVAL:g} s",
+    )
     parser.add_argument("--scenarios", default="", help="comma-separated names")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -557,6 +595,8 @@ def main() -> None:
     if args.compare:
         SERVERS[COMPARED] = compared_command(args.compare)
         servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, COMPARED)
+    if args.metrics:
+        servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, METRICS)
     if args.pool:
         servers.insert(servers.index("roulette") + 1 if "roulette" in servers else 0, POOL)
     if args.workers:

@@ -143,8 +143,10 @@ class Matchmaker(Protocol):
         identity: Hashable | None = None,
         queue: str = "",
         interests: Sequence[str] = (),
+        join: bool = True,
     ) -> None:
-        """A new client arrived: it joins ``queue`` at once, with ``interests``.
+        """A new client arrived: it joins ``queue`` at once, with ``interests``
+        (unless ``join`` is false: then it is idle until it calls :meth:`next`).
 
         ``identity`` names where it comes from (a hashed address); two
         identities one of which reported the other are never paired again.
@@ -306,6 +308,7 @@ class MemoryMatchmaker:
         identity: Hashable | None = None,
         queue: str = "",
         interests: Sequence[str] = (),
+        join: bool = True,
     ) -> None:
         if peer in self._online:
             raise AlreadyConnected(peer)
@@ -318,7 +321,8 @@ class MemoryMatchmaker:
             self._interests[peer] = tuple(interests)
         now = self._clock()
         self._advance(now)
-        self._enqueue(peer)
+        if join:
+            self._enqueue(peer)
         self._tell_reasons(now)
 
     def set_queue(self, peer: Peer, queue: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roulette import wire
+from roulette import sessions, wire
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class Limits:
     #: Not a limit but a promise the page must know: seconds a client with
     #: interests waits for a stranger who shares one (0: interests are off).
     interest_wait: float = 10.0
+    #: Seconds a client whose connection dropped has to come back with its
+    #: session's token and pick its chat up (0: a drop ends the chat).
+    resume_grace: float = 15.0
 
     def for_clients(self) -> dict[str, float]:
         """What a client must respect to have nothing refused, as the first
@@ -70,6 +73,9 @@ class Limits:
             "interests": wire.MAX_INTERESTS,
             "interest_length": wire.MAX_INTEREST_LENGTH,
             "interest_wait": self.interest_wait,
+            "resume_grace": self.resume_grace,
+            "held_messages": sessions.MAX_HELD,
+            "held_bytes": sessions.MAX_HELD_BYTES,
         }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -32,8 +32,9 @@ from roulette.abuse import (
     PublicHosts,
     Reports,
 )
-from roulette.core import Matchmaker, Peer, ReportedChat, Stats
+from roulette.core import Matchmaker, ReportedChat, Stats
 from roulette.limits import DEFAULT
+from roulette.sessions import Connection, Session, Sessions
 
 #: How often, at most, a client hears the ``online`` count (seconds).
 ONLINE_INTERVAL = 1.0
@@ -85,11 +86,21 @@ class SharedAddresses(Protocol):
         """Give back a connection taken for ``key``."""
 
 
-class Client(Peer, Protocol):
+class Client(Connection, Protocol):
     """A connection, as the lobby sees it."""
 
     #: The client's address, as logs name it (after trusted proxies).
     address: str
+    #: The session it speaks for (set by :meth:`Lobby.join`).
+    session: Session
+
+    @property
+    def idle(self) -> bool:
+        """Whether it is neither waiting nor chatting, as far as it knows."""
+
+    @property
+    def chatting(self) -> bool:
+        """Whether it has a partner, as far as it knows."""
 
     @property
     def keys(self) -> AddressKeys:
@@ -106,6 +117,21 @@ class Client(Peer, Protocol):
         """What the client hears after its first count and before it joins
         the queue (the interests it gave when it connected, or why they
         were refused)."""
+
+    def send_session(self, token: str, resumed: bool) -> None:
+        """Its session's token, and whether it picks up a dropped connection's
+        chat; sent right after its first count."""
+
+    def resume(self, previous: Client | None) -> None:
+        """It picks up where ``previous``, its session's connection before
+        it, left off: the chat, the queue and the mode it had."""
+
+    def send_ended_while_away(self) -> None:
+        """Its chat ended while its session was away: it is idle."""
+
+    def replaced(self) -> None:
+        """Another connection resumed its session: close, and speak for it
+        no more."""
 
     def ban(self, until: float) -> None:
         """Its address is banned until ``until``: tell it, and close."""
@@ -154,15 +180,22 @@ class Lobby(Service):
         reactor: IReactorTime,
         gate: Gate | None = None,
         shutdown_grace: float = 5.0,
+        resume_grace: float = DEFAULT.resume_grace,
     ) -> None:
         self.matchmaker = matchmaker
-        #: Relays an event to the client's partner: the matchmaker's own
+        #: Relays an event to the partner of a client's session (pass
+        #: ``client.session``): the matchmaker's own
         #: :meth:`~roulette.core.Matchmaker.relay`, called without a detour
         #: (relaying changes no queue and no timer).
         self.relay = matchmaker.relay
         self._reactor = reactor
         self.gate = gate if gate is not None else Gate(reports=Reports(reactor.seconds))
         self.shutdown_grace = shutdown_grace
+        #: Seconds a session whose connection dropped waits to be resumed.
+        self.resume_grace = resume_grace
+        self.sessions = Sessions(reactor.seconds)
+        # The sessions away, each with the timer that gives up on it.
+        self._graces: dict[Session, IDelayedCall] = {}
         self._wakeup: IDelayedCall | None = None
         self._clients: dict[Client, None] = {}
         self._online_ticker = LoopingCall(self._broadcast_online)
@@ -199,6 +232,8 @@ class Lobby(Service):
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
         self._wakeup = None
+        for session in list(self._graces):
+            self._give_up(session)
         if not self._clients:
             return succeed(None)
         log.info("shutting down: closing {n} connections", n=len(self._clients))
@@ -232,6 +267,7 @@ class Lobby(Service):
         self.gate.addresses.prune(now)
         if self.gate.reports is not None:
             self.gate.reports.prune()
+        self.sessions.prune()
 
     # -- what a connection calls ---------------------------------------------
 
@@ -241,42 +277,118 @@ class Lobby(Service):
         identity: Hashable | None = None,
         queue: str = "",
         interests: Sequence[str] = (),
+        token: str | None = None,
     ) -> None:
-        """A client finished its handshake: tell it the count, then queue it
-        (in ``queue``: ``"video"`` or the text one, ``""``) with ``interests``."""
+        """A client finished its handshake: give it its session (the one
+        ``token`` names, if valid from its address), tell it the count,
+        then queue it (in ``queue``: ``"video"`` or the text one, ``""``)
+        with ``interests``; or, if its session was away or its connection
+        still open, let it pick up where that left off."""
+        address = "" if identity is None else str(identity)
+        claimed = None if token is None else self.sessions.claim(token, address)
+        if claimed is None:
+            session, token = self.sessions.start(address)
+        else:
+            session, token = claimed
+        resuming = session.away or session.connection is not None
+        previous = cast("Client | None", session.last)
+        if session.connection is not None:
+            # Its connection seems open: one that died unnoticed (a phone
+            # that changed networks), or the tab's copy.  This one goes on.
+            old = cast(Client, session.connection)
+            del self._clients[old]
+            old.replaced()
+            self.matchmaker.away(session)
+        grace = self._graces.pop(session, None)
+        if grace is not None and grace.active():
+            grace.cancel()
         self._clients[client] = None
-        # The count it is told includes itself; it must arrive before "waiting".
-        client.send_online(self.matchmaker.stats().online + 1, self._reactor.seconds())
+        client.session = session
+        session.attach(client)
+        # The count it is told includes itself; it comes first (with the
+        # limits), then the session's token, all before "waiting".
+        stats = self.matchmaker.stats()
+        client.send_online(stats.online + (not resuming), self._reactor.seconds())
+        client.send_session(token, resuming)
         self._online_sent = -1  # the newcomer may have heard another count
         if self.matching_paused:
             client.send_notice(wire.MATCHING_PAUSED, MATCHING_PAUSED)
         client.send_welcome()
-        self.matchmaker.connect(client, identity, queue, interests)
+        if resuming:
+            log.info("client {address} resumed its session", address=client.address)
+            client.resume(previous)
+            if interests:
+                self.matchmaker.set_interests(session, interests)
+            self.matchmaker.back(session)
+            for event in session.take_held():
+                client.send_event(event)
+            if session.ended_while_away:
+                session.ended_while_away = False
+                client.send_ended_while_away()
+        elif session.ended_while_away:
+            # Back too late: its chat ended with the grace.  It starts idle,
+            # and is told.
+            session.ended_while_away = False
+            self.matchmaker.connect(session, identity, queue, interests, join=False)
+            client.send_ended_while_away()
+        else:
+            self.matchmaker.connect(session, identity, queue, interests)
         self._reschedule()
 
     def set_queue(self, client: Client, queue: str) -> None:
         """The queue the client joins from now on (see ``Matchmaker.set_queue``)."""
-        self.matchmaker.set_queue(client, queue)
+        self.matchmaker.set_queue(client.session, queue)
 
     def set_interests(self, client: Client, interests: Sequence[str]) -> None:
         """The client's interests from now on (see ``Matchmaker.set_interests``)."""
-        self.matchmaker.set_interests(client, interests)
+        self.matchmaker.set_interests(client.session, interests)
         self._reschedule()
 
-    def leave(self, client: Client) -> None:
+    def leave(self, client: Client, away: bool = False) -> None:
+        """The client's connection closed.  ``away``: without a word (it
+        dropped, or said it would be back): if it was waiting or chatting,
+        its session waits ``resume_grace`` seconds for it to come back;
+        otherwise its session leaves the matchmaker now."""
         if client in self._clients:
             del self._clients[client]
-            self.matchmaker.disconnect(client)
+            session = client.session
+            if away and self.resume_grace > 0 and not client.idle and self.running:
+                session.detach(away=True)
+                self.matchmaker.away(session)
+                self._graces[session] = self._reactor.callLater(
+                    self.resume_grace, self._give_up, session
+                )
+            else:
+                self._end_session(session)
             self._reschedule()
         if self._drained is not None and not self._clients:
             self._fire_drained()
 
+    def _give_up(self, session: Session) -> None:
+        """The session away did not come back in time: it leaves the
+        matchmaker (its partner is told).  Should it come back later, it is
+        told its chat ended, if it had one."""
+        grace = self._graces.pop(session)
+        if grace.active():
+            grace.cancel()
+        last = cast("Client | None", session.last)
+        missed = session.ended_while_away or (last is not None and last.chatting)
+        self._end_session(session)
+        session.ended_while_away = missed
+        self._reschedule()
+
+    def _end_session(self, session: Session) -> None:
+        session.detach(away=False)
+        session.take_held()  # not kept beyond the grace
+        self.matchmaker.disconnect(session)
+        self.sessions.release(session)
+
     def next(self, client: Client) -> None:
-        self.matchmaker.next(client)
+        self.matchmaker.next(client.session)
         self._reschedule()
 
     def stop(self, client: Client) -> None:
-        self.matchmaker.stop(client)
+        self.matchmaker.stop(client.session)
         self._reschedule()
 
     def report(self, client: Client) -> None:
@@ -289,10 +401,9 @@ class Lobby(Service):
                 return
             log.info("client {address} reported its partner", address=client.address)
             reports = self.gate.reports
-            partner = chat.partner
-            # A client of ours, or of another process of a shared pool (which
-            # names its keys, if it knows them).
-            keys = partner.keys if partner in self._clients else getattr(partner, "keys", None)
+            # A session of ours, or a client of another process of a shared
+            # pool (which names its keys, if it knows them).
+            keys = getattr(chat.partner, "keys", None)
             if reports is None or not isinstance(keys, AddressKeys):
                 return
             if self.shared_reports is not None:
@@ -306,7 +417,7 @@ class Lobby(Service):
             if ban is not None:
                 self.ban(ban.scope, ban.until)
 
-        self.matchmaker.report(client, reported)
+        self.matchmaker.report(client.session, reported)
 
     def block(self, client: Client) -> None:
         """End the client's chat like a report, so that the two are never
@@ -317,7 +428,7 @@ class Lobby(Service):
             if chat is not None:
                 log.info("client {address} blocked its partner", address=client.address)
 
-        self.matchmaker.report(client, blocked)
+        self.matchmaker.report(client.session, blocked)
 
     def heard_ban(self, scope: str, until: float) -> None:
         """A ban of the shared pool (made here or by another process): new

@@ -176,8 +176,21 @@ class _Elsewhere:
     def send_wait(self, reason: str | None, until: float | None = None) -> None:
         pass
 
+    def send_partner_away(self) -> None:
+        pass
+
+    def send_partner_back(self) -> None:
+        pass
+
     def send_event(self, event: bytes) -> None:
         pass
+
+
+def _tell(peer: Peer, kind: str) -> None:
+    if kind == "A":
+        peer.send_partner_away()
+    else:
+        peer.send_partner_back()
 
 
 def _no_delay(transport: Any) -> None:
@@ -317,6 +330,9 @@ class RedisMatchmaker(Service):
         #: by a newline), where it has any and interests are on.
         self._interests: dict[str, str] = {}
         self._said: set[str] = set()
+        #: The clients away (see Matchmaker.away), each with whether it was
+        #: waiting when it went.
+        self._away: dict[str, bool] = {}
         self._seq = itertools.count(1)
         self._stats = Stats(0, 0, 0)
         self.nodes = 0
@@ -557,12 +573,13 @@ class RedisMatchmaker(Service):
         identity: Hashable | None = None,
         queue: str = "",
         interests: Sequence[str] = (),
+        join: bool = True,
     ) -> None:
         client = f"{self.node}:{next(self._seq)}"
         self._ids[peer] = client
         self._peers[client] = peer
         self._gen[client] = 0
-        self._status[client] = "w"
+        self._status[client] = "w" if join else "i"
         self._identity[client] = str(identity) if identity is not None else client
         keys = getattr(peer, "keys", None)  # a connection's, for reports and bans
         self._keys[client] = _keys_text(keys) if isinstance(keys, AddressKeys) else ""
@@ -579,6 +596,7 @@ class RedisMatchmaker(Service):
             queue,
             tags,
             self._wait_text,
+            "1" if join else "0",
         )
 
     def set_queue(self, peer: Peer, queue: str) -> None:
@@ -644,7 +662,47 @@ class RedisMatchmaker(Service):
         self._queue.pop(client, None)
         self._interests.pop(client, None)
         self._said.discard(client)
+        self._away.pop(client, None)
         self._call(scripts.DISCONNECT, client)
+
+    def away(self, peer: Peer) -> None:
+        client = self._ids[peer]
+        if client in self._away:
+            return
+        waiting = self._status[client] == "w"
+        self._away[client] = waiting
+        if waiting:
+            # Out of the queue, as a stop takes it; back, it joins again.
+            self.stop(peer)
+        else:
+            self._tell_partner(client, "A")
+
+    def back(self, peer: Peer) -> None:
+        client = self._ids[peer]
+        was_waiting = self._away.pop(client, None)
+        if was_waiting is None:
+            return
+        if self._partner.get(client) is not None:
+            self._tell_partner(client, "B")
+            peer.send_partner_back()
+        elif was_waiting and self._status[client] != "w":
+            self.next(peer)
+
+    def _tell_partner(self, client: str, kind: str) -> None:
+        """Tell the client's partner that it is away (``kind`` "A") or back
+        ("B"), wherever the partner is."""
+        other = self._partner.get(client)
+        if other is None:
+            return
+        target = self._peers.get(other)
+        if target is not None:
+            if self._partner.get(other) == client:
+                _tell(target, kind)
+            return
+        if not self.paused:
+            node = other.rpartition(":")[0]
+            message = f"{kind} {other} {client}"
+            self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         client = self._ids.get(peer)
@@ -679,6 +737,11 @@ class RedisMatchmaker(Service):
         """The pool's counts as of the last renewal (a third of a lease ago
         at most)."""
         return self._stats
+
+    def local_stats(self) -> Stats:
+        """This node's own clients: online, waiting and chatting (metrics)."""
+        told = list(self._status.values())
+        return Stats(len(told), told.count("w"), told.count("p"))
 
     def next_deadline(self) -> float | None:
         return None  # the node keeps its own timer
@@ -817,6 +880,12 @@ class RedisMatchmaker(Service):
             if peer is not None and self._partner.get(client) == sender:
                 peer.send_event(payload.encode("utf-8"))
             return
+        if kind in ("A", "B"):
+            client, sender = rest.split(" ")
+            peer = self._peers.get(client)
+            if peer is not None and self._partner.get(client) == sender:
+                _tell(peer, kind)
+            return
         if kind == "M":
             heard = self._markers.pop(message, None)
             if heard is not None:
@@ -877,6 +946,10 @@ class RedisMatchmaker(Service):
     ) -> None:
         self._note_paired(client, partner, offer)
         peer.send_paired(offer, common)
+        if self._away.get(client):
+            # Paired by Redis just before it heard the client was away.
+            self._away[client] = False
+            self._tell_partner(client, "A")
 
     def _left(self, client: str, peer: Peer) -> None:
         self._status[client] = "i"

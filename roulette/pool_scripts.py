@@ -321,7 +321,8 @@ end
 #: ARGV[5]: client, ARGV[6]: its identity, ARGV[7]: its hashed address
 #: keys for reports and bans ("address network scope..." or ""), ARGV[8]:
 #: the queue it joins ("" for text), ARGV[9]: its interests (each followed by
-#: a newline; "" for none), ARGV[10]: the interest wait (seconds).
+#: a newline; "" for none), ARGV[10]: the interest wait (seconds),
+#: ARGV[11]: "1" to join the queue, "0" to start idle.
 CONNECT = (
     _COMMON
     + """
@@ -332,8 +333,10 @@ if ARGV[7] ~= '' then put(c, 'keys', ARGV[7]) end
 if ARGV[8] ~= '' then put(c, 'q', ARGV[8]) end
 if ARGV[9] ~= '' then put(c, 'tags', ARGV[9]) end
 put(c, 'gen', '0')
-tell(c, 'W ' .. c .. ' 0')
-place(c, nil, wait_end(c, ARGV[10]))
+if ARGV[11] ~= '0' then
+  tell(c, 'W ' .. c .. ' 0')
+  place(c, nil, wait_end(c, ARGV[10]))
+end
 keep(c)
 return deadline()
 """

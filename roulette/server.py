@@ -31,8 +31,10 @@ from zope.interface import implementer
 from roulette import framing, wire
 from roulette.abuse import AddressKeys, TokenBucket, WindowCounter, client_host, request_scheme
 from roulette.limits import Limits
-from roulette.lobby import ONLINE_INTERVAL, Lobby, SharedAddresses
+from roulette.lobby import ONLINE_INTERVAL, Client, Lobby, SharedAddresses
 from roulette.logs import Tally, excerpt
+from roulette.metrics import Metrics
+from roulette.sessions import MAX_HELD, MAX_HELD_BYTES, Session, well_formed
 from roulette.transport import has_unsent, peer_host
 
 #: Auto-ping: a client that answers no ping within the timeout is dropped.
@@ -130,8 +132,25 @@ class RouletteProtocol(WebSocketServerProtocol):
     #: Whether the client has a partner, as the pairing events it was sent
     #: say: what ``not_paired`` is decided on, without asking the matchmaker.
     _paired = False
+    #: Metrics: since when the client waits (while it does), when it was paired.
+    _waiting_since: float | None = None
+    _paired_at = 0.0
     _online_count = -1
     _online_at = float("-inf")
+    #: The session's token the client presented (``/ws?session=``), if any.
+    _token: str | None = None
+    #: Set by the lobby when the connection opens.
+    session: Session
+    #: Whether the server ended this connection (a close or a drop for a
+    #: cause of its own): the client is not expected back.
+    _ended_here = False
+    #: The code of the close frame the client sent, if it sent one.
+    _close_received: int | None = None
+    #: The partner's connection dropped: chat messages to it are held (and
+    #: counted here, against the session's caps) until it is back.
+    _partner_away = False
+    _held_count = 0
+    _held_bytes = 0
     _send_buffer: _SendBuffer | None = None
     _refusal: str | None = None
     #: Pings and pongs: a budget made at the first one (a browser sends a
@@ -197,6 +216,9 @@ class RouletteProtocol(WebSocketServerProtocol):
                 )
             else:
                 self._welcome = wire.encode_interests(self._interests)
+        token = request.params.get("session", [""])[-1]
+        if token and well_formed(token):
+            self._token = token
         shared = lobby.shared_addresses
         if shared is not None:
             return self._admit_in_pool(shared, gate.addresses.max_per_address)
@@ -229,6 +251,7 @@ class RouletteProtocol(WebSocketServerProtocol):
             reason=reason,
             details={name: excerpt(value) for name, value in details.items()},
         )
+        self.factory.metrics.refused_handshake(reason)
         self._refusal = reason
         raise ConnectionDeny(code, reason)
 
@@ -243,6 +266,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         self.wasNotCleanReason = excerpt(reason)
         phrase, self._refusal = self._refusal, None
         if phrase is None:  # Autobahn's own refusal: its reason is not repeated
+            self.factory.metrics.refused("bad_handshake")
             self.factory.tally.note(
                 "failed handshake",
                 "failed WebSocket handshake from {address}: {code} {reason}",
@@ -282,7 +306,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         log.info("client {address} connected", address=self.address)
         self._queued_video = self._video
         self.factory.lobby.join(
-            self, self.address_hash, VIDEO if self._video else TEXT, self._interests
+            self, self.address_hash, VIDEO if self._video else TEXT, self._interests, self._token
         )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -296,13 +320,31 @@ class RouletteProtocol(WebSocketServerProtocol):
                 shared.release_address(self.address_hash)
         if self._joined:
             self._joined = False
+            # Dropped, or closed with "back soon" (CLOSE_AWAY): the session
+            # may be resumed.  A close frame of any other code, or a close
+            # of the server's own, ends it.
+            away = (
+                not self._ended_here
+                and not self.closedByMe
+                and self._close_received in (None, wire.CLOSE_AWAY)
+            )
             log.info(
-                "client {address} disconnected (clean={clean}, code={code})",
+                "client {address} disconnected (clean={clean}, code={code}, away={away})",
                 address=self.address,
                 clean=wasClean,
                 code=code,
+                away=away,
             )
-            self.factory.lobby.leave(self)
+            self.factory.lobby.leave(self, away)
+            self.factory.metrics.closed(self.failedByMe, self.localCloseCode)
+            if self.session.connection is None and not self.session.away:  # no resume to come
+                self._ended("left" if wasClean else "dropped")
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        if self.state == _OPEN:  # the client's, not its answer to ours
+            # (Autobahn passes None for a close frame without a code.)
+            self._close_received = 1005 if code is None else code
+        return super().onCloseFrame(code, reasonRaw)
 
     # -- frames --------------------------------------------------------------
 
@@ -449,24 +491,31 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise wire.CommandError(
                             wire.NOT_PAIRED, "You have no partner to send a message to.", id
                         )
-                    lobby.relay(self, wire.encode_message(text), True)
+                    event = wire.encode_message(text)
+                    if self._partner_away:
+                        self._hold_for_partner(event, id)
+                    lobby.relay(self.session, event, True)
+                    self.factory.metrics.relayed += 1
                     if id is not None:
                         self.send_event(wire.encode_sent(id))
                 case wire.Typing(active):
                     if not self._typing_budget.take(now):
+                        self.factory.metrics.refused(wire.RATE_LIMITED)
                         self._count_refusal(now)  # dropped, as typing without a partner is
                     elif self._paired:
-                        lobby.relay(self, wire.encode_typing(active))
+                        lobby.relay(self.session, wire.encode_typing(active))
                 case wire.Next():
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
                     # The chat is over now, whenever the matchmaker says so.
+                    self._ended("next")
                     self._paired = self._idle = False
                     self._join_queue_as_chosen()
                     lobby.next(self)
                 case wire.Stop():
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
+                    self._ended("stop")
                     self._paired = False
                     self._idle = True
                     lobby.stop(self)
@@ -475,6 +524,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise _rate_limited()
                     if not self._paired:
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to report.")
+                    self._ended("report")
                     self._paired = False
                     self._join_queue_as_chosen()
                     lobby.report(self)
@@ -483,6 +533,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise _rate_limited()
                     if not self._paired:
                         raise wire.CommandError(wire.NOT_PAIRED, "You have no partner to block.")
+                    self._ended("block")
                     self._paired = False
                     self._join_queue_as_chosen()
                     lobby.block(self)
@@ -503,7 +554,7 @@ class RouletteProtocol(WebSocketServerProtocol):
                         raise wire.CommandError(
                             wire.NOT_VIDEO, "This is not a video chat: signals are not relayed."
                         )
-                    lobby.relay(self, event)
+                    lobby.relay(self.session, event)
                 case wire.Interests(tags):
                     if not self._queue_budget.take(now):
                         raise _rate_limited()
@@ -522,7 +573,21 @@ class RouletteProtocol(WebSocketServerProtocol):
                         lobby.next(self)
         except wire.CommandError as error:
             self.send_event(wire.encode_error(error.code, error.message, error.id))
+            self.factory.metrics.refused(error.code)
             self._count_refusal(now)
+
+    def _hold_for_partner(self, event: bytes, id: int | None) -> None:
+        """Count a message to a partner away against what is kept for it;
+        past that, refuse it."""
+        count, size = self._held_count + 1, self._held_bytes + len(event)
+        if count > MAX_HELD or size > MAX_HELD_BYTES:
+            raise wire.CommandError(
+                wire.PARTNER_AWAY,
+                "Your partner's connection dropped, and no more messages are kept for "
+                "them until they are back; this one was not delivered.",
+                id,
+            )
+        self._held_count, self._held_bytes = count, size
 
     def _join_queue_as_chosen(self) -> None:
         """Before the client joins the queue again: the queue of the mode it
@@ -530,6 +595,14 @@ class RouletteProtocol(WebSocketServerProtocol):
         if self._video != self._queued_video:
             self._queued_video = self._video
             self.factory.lobby.set_queue(self, VIDEO if self._video else TEXT)
+
+    def _ended(self, how: str) -> None:
+        """Metrics: the client ended its chat, if it has one (``how``: see
+        ``roulette.metrics.CHAT_ENDINGS``); one that stops waits no more."""
+        if self._paired:
+            self.factory.metrics.chat_ended(how, self._paired_at)
+        if how == "stop":
+            self._waiting_since = None
 
     def _count_refusal(self, now: float) -> None:
         """Count a refused frame; too many of them close the connection."""
@@ -542,7 +615,9 @@ class RouletteProtocol(WebSocketServerProtocol):
             self._close(CLOSE_POLICY_VIOLATION, "too many refused frames")
 
     def _close(self, code: int, reason: str) -> None:
+        self._ended_here = True
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.metrics.closing(reason)
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
 
     def send_notice(self, code: str, message: str) -> None:
@@ -592,6 +667,8 @@ class RouletteProtocol(WebSocketServerProtocol):
             )
             # It is not reading: a close frame would never reach it.
             self.wasNotCleanReason = "not reading fast enough"
+            self.factory.metrics.refused("slow_consumer")
+            self._ended_here = True
             self.dropConnection(abort=True)
         return False
 
@@ -604,6 +681,7 @@ class RouletteProtocol(WebSocketServerProtocol):
 
     def _abort_lingering(self) -> None:
         self._linger = None
+        self.factory.metrics.refused("close_not_taken")
         self.factory.tally.note(
             "close not taken",
             "dropping {address}: it did not take its close within {seconds} s",
@@ -631,14 +709,54 @@ class RouletteProtocol(WebSocketServerProtocol):
         self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     def drop(self) -> None:
+        self._ended_here = True
         self.dropConnection(abort=True)
 
+    def send_session(self, token: str, resumed: bool) -> None:
+        self.send_event(wire.encode_session(token, resumed))
+
+    def resume(self, previous: Client | None) -> None:
+        if not isinstance(previous, RouletteProtocol):
+            return
+        self._paired = previous._paired
+        self._idle = previous._idle
+        self._queued_video = previous._queued_video
+        self._partner_away = previous._partner_away
+        self._held_count = previous._held_count
+        self._held_bytes = previous._held_bytes
+        self._waiting_since, self._paired_at = previous._waiting_since, previous._paired_at
+
+    def send_ended_while_away(self) -> None:
+        self._paired = self._partner_away = False
+        self._idle = True
+        self.send_event(wire.PARTNER_LEFT_WHILE_AWAY)
+
+    def replaced(self) -> None:
+        log.info("client {address}: its session was resumed elsewhere", address=self.address)
+        # It may be dead (that is why it is resumed): Autobahn drops it if
+        # the close is not answered in time.
+        self._close(wire.CLOSE_RESUMED_ELSEWHERE, "session resumed by another connection")
+
+    @property
+    def idle(self) -> bool:
+        return self._idle
+
+    @property
+    def chatting(self) -> bool:
+        return self._paired
+
     def send_waiting(self) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = self.factory.reactor.seconds()
         self._paired = False
+        self._partner_away = False
         self.send_event(wire.WAITING)
 
     def send_paired(self, offer: bool = False, common: Sequence[str] = ()) -> None:
+        self._paired_at = self.factory.metrics.paired(offer, self._waiting_since)
+        self._waiting_since = None
         self._paired = True
+        self._partner_away = False
         log.info("client {address} paired", address=self.address)
         # Both joined one queue: the video one, if this one did.
         if self._queued_video:
@@ -647,9 +765,21 @@ class RouletteProtocol(WebSocketServerProtocol):
             self.send_event(wire.encode_paired(common))
 
     def send_partner_left(self) -> None:
+        if self._partner_away:  # its session was given up: counted here, once
+            self._ended("dropped")
         self._paired = False
         self._idle = True
+        self._partner_away = False
         self.send_event(wire.PARTNER_LEFT)
+
+    def send_partner_away(self) -> None:
+        self._partner_away = True
+        self._held_count = self._held_bytes = 0
+        self.send_event(wire.PARTNER_AWAY_EVENT)
+
+    def send_partner_back(self) -> None:
+        self._partner_away = False
+        self.send_event(wire.PARTNER_BACK)
 
     def send_wait(self, reason: str | None, until: float | None = None) -> None:
         self.send_event(wire.encode_wait(reason, until))
@@ -704,6 +834,8 @@ class RouletteFactory(WebSocketServerFactory):
         self.client_limits = wire.encode_limits(limits.for_clients())
         #: Repeated warnings (floods, deadlines, slow consumers) at most once a minute.
         self.tally = Tally(self.reactor)
+        #: What /metrics reports (roulette.metrics): counted whether served or not.
+        self.metrics = Metrics(lobby, self.reactor.seconds)
         self.setProtocolOptions(
             failByDrop=False,
             webStatus=False,

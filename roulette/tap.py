@@ -42,6 +42,8 @@ from roulette.ice import TURN_TTL, IceServers, check_ice_url
 from roulette.limits import DEFAULT, Limits
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally
+from roulette.metrics import check_endpoint as check_metrics_endpoint
+from roulette.metrics import serve_metrics
 from roulette.pool import RedisMatchmaker, parse_redis_url
 from roulette.server import AUTO_PING_INTERVAL, AUTO_PING_TIMEOUT, RouletteFactory
 from roulette.transport import direct_tcp
@@ -102,6 +104,14 @@ class Options(usage.Options):
             DEFAULT.interest_wait,
             "Seconds a visitor with interests waits for a stranger who shares one before "
             "anyone will do (0 turns interests off).",
+            float,
+        ],
+        [
+            "resume-grace",
+            None,
+            DEFAULT.resume_grace,
+            "Seconds a visitor whose connection dropped has to come back and pick up "
+            "its chat (0: a dropped connection ends the chat at once).",
             float,
         ],
         [
@@ -291,6 +301,13 @@ class Options(usage.Options):
             "Seconds clients get to close after the server says it is going away.",
             float,
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint, a port of their own "
+            "(e.g. tcp:9100:interface=127.0.0.1) [default: none].",
+        ],
     ]
 
     optFlags = [
@@ -359,6 +376,7 @@ class Options(usage.Options):
         for name in (
             "repair-cooldown",
             "interest-wait",
+            "resume-grace",
             "auto-ping-interval",
             "handshake-timeout",
             "max-connections",
@@ -402,6 +420,8 @@ class Options(usage.Options):
             endpoints.serverFromString(object(), self["port"])
         except Exception as error:
             raise usage.UsageError(f"--port {self['port']}: {_reason(error)}") from None
+        if self["metrics"] is not None:
+            check_metrics_endpoint(self)
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -462,9 +482,9 @@ class _Listener(MultiService):
     """The listening service: a port that cannot be had (in use, out of
     range, not permitted) ends the process with one line, not a traceback."""
 
-    def __init__(self, listener: IService, port: str) -> None:
+    def __init__(self, listener: IService, port: str, option: str = "--port") -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self._description = port
+        self._description = f"{option} {port}"
         listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -481,7 +501,7 @@ class _Listener(MultiService):
             yield
         except (CannotListenError, OverflowError, OSError) as error:
             raise SystemExit(
-                f"roulette: cannot listen on --port {self._description}: {_reason(error)}"
+                f"roulette: cannot listen on {self._description}: {_reason(error)}"
             ) from None
 
 
@@ -589,6 +609,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         signal_rate=config["signal-rate"],
         signal_burst=config["signal-burst"],
         interest_wait=config["interest-wait"],
+        resume_grace=config["resume-grace"],
         send_buffer_limit=config["send-buffer-limit"],
         max_per_address=config["max-per-ip"],
         connects_per_minute=config["connects-per-minute"],
@@ -610,7 +631,13 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         trust_proxy=config["trust-proxy"],
         hosts=PublicHosts(tuple(config["public-host"])),
     )
-    lobby = Lobby(matchmaker, clock, gate, shutdown_grace=config["shutdown-grace"])
+    lobby = Lobby(
+        matchmaker,
+        clock,
+        gate,
+        shutdown_grace=config["shutdown-grace"],
+        resume_grace=limits.resume_grace,
+    )
     if isinstance(matchmaker, RedisMatchmaker):
         # Clients wait (503) until the node has joined the pool and hashes
         # addresses with the pool's secret: one address, one identity.
@@ -665,4 +692,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
     )
     listener.endpoint = _Listening(listener.endpoint, site.listening)
     _Listener(listener, config["port"]).setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    if config["metrics"] is not None:  # /metrics and the lag timer (roulette.metrics)
+        metrics = serve_metrics(config["metrics"], factory.metrics, reactor)
+        _Listener(metrics, config["metrics"], "--metrics").setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return parent

@@ -32,6 +32,7 @@ from twisted.web.iweb import IRequest
 from roulette.abuse import SocketLimits, client_host, request_scheme, socket_key
 from roulette.lobby import Gate, Lobby
 from roulette.logs import Tally, excerpt
+from roulette.metrics import Metrics, of_site
 from roulette.server import RouletteFactory, RouletteProtocol
 from roulette.transport import peer_host
 
@@ -275,6 +276,7 @@ class DeadlineChannel(http.HTTPChannel):
         self._transferDecoder = None
         why = "a body" if code == 413 else "a method other than GET or HEAD"
         _write_refusal(self.transport, getattr(self.factory, "tally", None), code, why)
+        of_site(self.factory).refused_http(code)
         self.loseConnection()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def allContentReceived(self) -> None:
@@ -347,15 +349,19 @@ class Deadline:
     most one line a minute for each reason, whatever their number.
     """
 
-    __slots__ = ("_call", "_tally", "_why")
+    __slots__ = ("_call", "_count", "_tally", "_why")
 
     #: What a connection that never sent a byte was dropped for.  Browsers
     #: open spare connections ahead of need and leave most of them unused:
     #: that is logged at debug level only.
     SILENT = "no request"
 
-    def __init__(self, tally: Tally | None = None) -> None:
+    def __init__(
+        self, tally: Tally | None = None, count: Callable[[str], None] | None = None
+    ) -> None:
         self._tally = tally
+        #: Told why, when the deadline drops a connection (the metrics' refusals).
+        self._count = count
         self._call: IDelayedCall | None = None
         self._why = ""
 
@@ -396,6 +402,8 @@ class Deadline:
         else:
             level = LogLevel.debug if silent else LogLevel.info
             log.emit(level, "dropping {peer}: {why} within {timeout} s", **fields)
+        if self._count is not None:
+            self._count(why)
         transport.abortConnection()
 
 
@@ -457,6 +465,7 @@ class SecureRequest(server.Request):
         headers.setRawHeaders(b"X-Frame-Options", [b"DENY"])
         if not public:
             body = b"Misdirected request: this server does not answer for that host.\n"
+            of_site(getattr(self.channel, "site", None)).refused_http(421)
             self.setResponseCode(421, b"Misdirected Request")
             self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             self.setHeader(b"Content-Length", b"%d" % len(body))
@@ -496,6 +505,7 @@ class RouletteSite(server.Site):
         self.websocket = websocket
         self.sockets = sockets if sockets is not None else SocketLimits(0, 0)
         self.tally = websocket.tally if websocket is not None else Tally(self.reactor)
+        self.metrics = websocket.metrics if websocket is not None else Metrics()
         self._ports: list[IListeningPort] = []
         self._paused = False
 
@@ -526,6 +536,7 @@ class RouletteSite(server.Site):
         sockets = self.sockets
         refused = sockets.open(key)
         if refused == "address":
+            self.metrics.refused("sockets_per_address")
             self.tally.note(
                 "sockets per address",
                 "refusing connections from {peer}: it holds {n} open (--max-sockets-per-ip)",
@@ -534,6 +545,7 @@ class RouletteSite(server.Site):
             )
             return False
         if refused == "total":
+            self.metrics.refused("sockets_total")
             self.tally.note(
                 "sockets in all",
                 "refusing a connection from {peer}: {n} are open (--max-sockets)",
@@ -605,6 +617,7 @@ class WebSocketEntry(resource.Resource):
         channel = request.channel
         first = getattr(channel, "first", None)
         if request.clientproto != b"HTTP/1.1" or first is None:
+            of_site(getattr(channel, "site", None)).refused_http(426)
             request.setResponseCode(426)
             request.setHeader(b"Upgrade", b"websocket")
             request.setHeader(b"Connection", b"close")
@@ -651,7 +664,7 @@ class FirstRequest(protocol.Protocol):
         self._addr = addr
         self._buffer = b""
         self._scanned = 0
-        self.deadline = Deadline(site.tally)
+        self.deadline = Deadline(site.tally, site.metrics.deadline)
         self._inner: protocol.Protocol | None = None
         #: Whether this connection holds a place under the caps, and its key.
         self._counted = False
@@ -751,6 +764,7 @@ class FirstRequest(protocol.Protocol):
         self._done = True
         self._buffer = b""
         _write_refusal(self.transport, self._site.tally, code, why)
+        self._site.metrics.refused_http(code)
         # The deadline still runs: a client that never reads this is dropped.
         assert self.transport is not None
         self.transport.loseConnection()

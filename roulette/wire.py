@@ -30,6 +30,15 @@ NOT_PAIRED = "not_paired"
 RATE_LIMITED = "rate_limited"
 #: A ``signal`` in a chat that is not a video chat.
 NOT_VIDEO = "not_video"
+#: A message to a partner whose connection dropped, past what is kept for it.
+PARTNER_AWAY = "partner_away"
+
+#: The close code with which a client says it is going away for a moment
+#: (its network is down) and will come back with its session's token: the
+#: server treats it as a dropped connection, not as leaving.
+CLOSE_AWAY = 4000
+#: The close code of a connection whose session another connection resumed.
+CLOSE_RESUMED_ELSEWHERE = 4001
 
 #: Largest ``signal`` frame accepted, in bytes.
 MAX_SIGNAL_BYTES = 16 * 1024
@@ -276,6 +285,9 @@ def _frame(event: dict[str, object]) -> bytes:
 WAITING = _frame({"type": "waiting"})
 PAIRED = _frame({"type": "paired", "common": []})
 PARTNER_LEFT = _frame({"type": "partner_left"})
+PARTNER_LEFT_WHILE_AWAY = _frame({"type": "partner_left", "while_away": True})
+PARTNER_AWAY_EVENT = _frame({"type": "partner_away"})
+PARTNER_BACK = _frame({"type": "partner_back"})
 TYPING_ON = _frame({"type": "typing", "active": True})
 TYPING_OFF = _frame({"type": "typing", "active": False})
 
@@ -310,6 +322,12 @@ def encode_wait(reason: str | None, until: float | None = None) -> bytes:
     if until is None:
         return _frame({"type": "wait", "reason": reason})
     return _frame({"type": "wait", "reason": reason, "until": math.ceil(until)})
+
+
+def encode_session(token: str, resumed: bool) -> bytes:
+    """The ``session`` event: the token to present when reconnecting, and
+    whether this connection picked up where a dropped one left off."""
+    return _frame({"type": "session", "token": token, "resumed": resumed})
 
 
 def encode_interests(tags: Sequence[str]) -> bytes:

@@ -28,6 +28,7 @@ class Client(WebSocketClientProtocol):
         super().__init__()
         self.events: list[dict[str, Any]] = []
         self.waits: list[dict[str, Any]] = []
+        self.sessions: list[dict[str, Any]] = []
         self.raw: list[tuple[bytes, bool]] = []
         self.closed: tuple[bool, int | None, str | None] | None = None
 
@@ -38,6 +39,11 @@ class Client(WebSocketClientProtocol):
         # ``waits``; the others see the events they are about.
         if isinstance(event, dict) and event.get("type") == "wait":
             self.waits.append(event)
+        elif isinstance(event, dict) and event.get("type") == "session":
+            # So is the session event, right after the first count.
+            assert [e["type"] for e in self.events] == ["online"], "session came out of place"
+            assert not self.sessions, "a second session event"
+            self.sessions.append(event)
         else:
             self.events.append(event)
 
@@ -51,6 +57,11 @@ class Client(WebSocketClientProtocol):
         events, self.events = self.events, []
         return events
 
+    @property
+    def token(self) -> str:
+        """The session's token the server gave this connection."""
+        return str(self.sessions[-1]["token"])
+
 
 class Harness:
     """A lobby on a fake clock and an in-memory agent connecting clients to it."""
@@ -61,6 +72,7 @@ class Harness:
         max_message_length: int | None = None,
         limits: Limits | None = None,
         gate: Gate | None = None,
+        resume_grace: float | None = None,
     ) -> None:
         self.clock = task.Clock()
         self.clock.advance(1000)
@@ -72,7 +84,9 @@ class Harness:
         )
         if gate is None:
             gate = Gate(reports=Reports(self.clock.seconds))
-        self.lobby = Lobby(self.matchmaker, self.clock, gate)
+        if resume_grace is None:
+            resume_grace = limits.resume_grace
+        self.lobby = Lobby(self.matchmaker, self.clock, gate, resume_grace=resume_grace)
         self.lobby.startService()
         # The protocol reads the time from its factory's reactor: the same clock.
         self.factory = RouletteFactory(self.lobby, limits=limits, reactor=self.clock)

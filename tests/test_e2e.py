@@ -36,16 +36,18 @@ def server() -> Iterator[RunningServer]:
         "1",
         "--auto-ping-timeout",
         "2",
+        "--resume-grace",
+        "3",
     ) as running:
         yield running
 
 
 async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    """The next event that is not an ``online`` count, nor why the client
-    waits (``wait``)."""
+    """The next event that is not an ``online`` count, why the client waits
+    (``wait``), nor its session's token (``session``)."""
     while True:
         event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if event["type"] not in ("online", "wait"):
+        if event["type"] not in ("online", "wait", "session"):
             return event
 
 
@@ -110,19 +112,38 @@ def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
         assert await recv(b) == {"type": "partner_left"}
         assert await recv(a) == {"type": "waiting"}
         c = await websockets.connect(server.ws_url)
+        assert json.loads(await c.recv())["type"] == "online"
+        session = json.loads(await c.recv())
+        assert session["type"] == "session" and session["resumed"] is False
         assert await recv(c) == {"type": "waiting"}
         assert await recv(c) == {"type": "paired", "common": []}
         assert await recv(a) == {"type": "paired", "common": []}
         await send(b, {"type": "message", "text": "hello?"})
         assert (await recv(b))["code"] == "not_paired"
 
-        # c's TCP connection drops without a close frame: a is told at once.
+        # c's TCP connection drops without a close frame: a is told at once,
+        # and what it says meanwhile is kept for c.
         c.transport.abort()
         started = time.monotonic()
-        assert await recv(a, timeout=2) == {"type": "partner_left"}
+        assert await recv(a, timeout=2) == {"type": "partner_away"}
         assert time.monotonic() - started < 1.0
+        await send(a, {"type": "message", "text": "are you there?", "id": 1})
+        assert await recv(a) == {"type": "sent", "id": 1}
+        # c comes back with its session's token: the chat goes on.
+        c2 = await websockets.connect(f"{server.ws_url}?session={session['token']}")
+        assert json.loads(await c2.recv())["type"] == "online"
+        again = json.loads(await c2.recv())
+        assert again["type"] == "session" and again["resumed"] is True
+        assert await recv(c2) == {"type": "partner_back"}
+        assert await recv(c2) == {"type": "message", "text": "are you there?"}
+        assert await recv(a) == {"type": "partner_back"}
+        await send(c2, {"type": "message", "text": "back!"})
+        assert await recv(a) == {"type": "message", "text": "back!"}
+        assert server.health() == {"online": 3, "waiting": 0, "chatting": 2}
         await a.close()
         await b.close()
+        assert await recv(c2) == {"type": "partner_left"}
+        await c2.close()
 
     run_async(scenario())
     wait_until(lambda: server.health()["online"] == 0)
@@ -185,8 +206,11 @@ def test_silent_peer_is_dropped_by_auto_ping(server: RunningServer) -> None:
             # A ping every second, two to answer (Autobahn's timers tick in
             # whole seconds): the silent peer is gone within a few seconds.
             started = time.monotonic()
-            assert await recv(b, timeout=8) == {"type": "partner_left"}
+            assert await recv(b, timeout=8) == {"type": "partner_away"}
             assert time.monotonic() - started < 6
+            # It does not come back within the grace (3 s here): the chat ends.
+            assert await recv(b, timeout=5) == {"type": "partner_left"}
+            assert time.monotonic() - started > 3
             await b.close()
         finally:
             silent.close()

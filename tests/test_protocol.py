@@ -15,7 +15,7 @@ from memory import Client, Harness
 from twisted.internet import defer
 
 from roulette.abuse import AddressLimits
-from roulette.limits import Limits
+from roulette.limits import DEFAULT, Limits
 
 
 def error(code: str) -> dict[str, Any]:
@@ -43,6 +43,9 @@ DEFAULT_LIMITS = {
     "interests": 10,
     "interest_length": 30,
     "interest_wait": 10,
+    "resume_grace": 15,
+    "held_messages": 50,
+    "held_bytes": 65536,
 }
 
 
@@ -161,7 +164,11 @@ async def test_partner_tcp_drop_is_noticed(harness: Harness) -> None:
     a, b = await harness.pair()
     a.dropConnection(abort=True)
     harness.pump()
-    assert b.take() == [{"type": "partner_left"}]
+    assert b.take() == [{"type": "partner_away"}]  # at once: it may come back
+    harness.tick(DEFAULT.resume_grace - 0.1)
+    assert b.take() == []
+    harness.tick(0.1)  # it did not
+    assert [e for e in b.take() if e["type"] != "online"] == [{"type": "partner_left"}]
     assert harness.lobby.stats().as_dict() == {"online": 1, "waiting": 0, "chatting": 0}
 
 
@@ -198,7 +205,7 @@ async def test_online_count_updates_at_most_once_a_second(harness: Harness) -> N
     assert c.take() == []
     harness.tick(1.0)
     assert a.take() == [] and b.take() == [] and c.take() == []
-    c.dropConnection(abort=True)
+    c.sendClose()  # (one that dropped would be counted for the resume grace)
     harness.pump()
     harness.tick(1.0)
     assert {"type": "online", "count": 2} in a.take()
@@ -694,6 +701,9 @@ async def test_the_first_online_event_carries_the_limits_in_force() -> None:
             "interests": 10,
             "interest_length": 30,
             "interest_wait": 2.5,
+            "resume_grace": 15,
+            "held_messages": 50,
+            "held_bytes": 65536,
         }
         b = await h.connect()
         h.tick(1.0)

@@ -126,6 +126,11 @@ async def well_behaved(n: int, url: str, end: float, tally: Tally) -> None:
                     await send({"type": "next"})
                     break
                 kind = event["type"]
+                if kind == "partner_away":
+                    # A dropper is gone (it never comes back): no waiting
+                    # out the resume grace.
+                    await send({"type": "next"})
+                    break
                 if kind == "partner_left":
                     if partner and partner.startswith("w") and not (partner_done and told_done):
                         if time.monotonic() < end:
