@@ -585,15 +585,19 @@ def _start_accepting(port: IListeningPort) -> None:
         start()
 
 
+#: A session's token in a URL (``/ws?session=``): never written to a log.
+_SESSION_TOKEN = re.compile(rb"(?<=[?&]session=)[^&#]*")
+
+
 def access_log_line(timestamp: str, request: http.Request) -> str:
     """The combined log format, with every field a client chose cut short
-    and escaped."""
+    and escaped, and a session's token left out."""
     address = request.getClientAddress()
     return '"{}" - - {} "{} {} {}" {} {} "{}" "{}"'.format(
         excerpt(getattr(address, "host", "-")),
         timestamp,
         excerpt(request.method),
-        excerpt(request.uri),
+        excerpt(_SESSION_TOKEN.sub(b"-", request.uri)),
         excerpt(request.clientproto),
         int(request.code),
         request.sentLength or "-",

@@ -781,6 +781,54 @@ def test_clients_of_two_processes_meet_chat_and_notice_a_killed_one(redis: Redis
         wait_until(lambda: one.health()["online"] == 0)
 
 
+def test_a_dropped_client_of_one_process_resumes_its_chat_with_one_of_another(
+    redis: RedisServer,
+) -> None:
+    """Over real sockets: partners on two processes; one's TCP connection
+    is cut, the other hears ``partner_away`` across Redis, and the first
+    comes back to its process with its token: the chat goes on."""
+    import json
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/9"  # a database of this test's own
+    with (
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as one,
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as two,
+    ):
+
+        async def scenario() -> None:
+            a = await websockets.connect(one.ws_url)
+            assert json.loads(await a.recv())["type"] == "online"
+            session = json.loads(await a.recv())
+            assert session["type"] == "session"
+            assert await recv(a) == {"type": "waiting"}
+            b = await websockets.connect(two.ws_url)
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(b) == {"type": "paired", "common": []}
+            assert await recv(a) == {"type": "paired", "common": []}
+            a.transport.abort()
+            assert await recv(b) == {"type": "partner_away"}
+            await send(b, {"type": "message", "text": "kept for you", "id": 1})
+            assert await recv(b) == {"type": "sent", "id": 1}
+            back = await websockets.connect(f"{one.ws_url}?session={session['token']}")
+            assert json.loads(await back.recv())["type"] == "online"
+            assert json.loads(await back.recv())["resumed"] is True
+            assert await recv(back) == {"type": "partner_back"}
+            assert await recv(back) == {"type": "message", "text": "kept for you"}
+            assert await recv(b) == {"type": "partner_back"}
+            await send(back, {"type": "message", "text": "thanks"})
+            assert await recv(b) == {"type": "message", "text": "thanks"}
+            await send(b, {"type": "next"})
+            assert await recv(back) == {"type": "partner_left"}
+            await back.close()
+            await b.close()
+
+        run_async(scenario())
+
+
 def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> None:
     """Over real sockets: a video client of one process meets a video client
     of the other (a text client waiting beside them meets nobody); exactly

@@ -13,6 +13,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -502,21 +503,33 @@ def test_sigterm_does_not_wait_past_the_grace_for_a_silent_client() -> None:
 
 
 def test_logs_name_addresses_but_never_message_text() -> None:
+    tokens: list[str] = []
+
+    async def until(ws: Any, kind: str) -> dict[str, Any]:
+        """Read up to an event of ``kind``, noting the session tokens on the way."""
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if event["type"] == "session":
+                tokens.append(event["token"])
+            if event["type"] == kind:
+                return event  # type: ignore[no-any-return]
+
     with RunningServer(None, "--repair-cooldown", "0") as running:
 
         async def scenario() -> None:
             a = await websockets.connect(running.ws_url)
             b = await websockets.connect(running.ws_url)
             for ws in (a, b):
-                while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "paired":
-                    pass
+                await until(ws, "paired")
             await a.send(json.dumps({"type": "message", "text": "SECRET-MARKER-8812"}))
-            while True:
-                event = json.loads(await asyncio.wait_for(b.recv(), 5))
-                if event["type"] == "message":
-                    break
+            await until(b, "message")
             await a.send(json.dumps({"type": "report", "reason": "REASON-MARKER-4471"}))
             await a.close()
+            # A session's token, presented in the URL, is not logged either
+            # (nor the new one it is answered with).
+            c = await websockets.connect(f"{running.ws_url}?session={tokens[0]}")
+            await until(c, "session")
+            await c.close()
             await b.close()
 
         run_async(scenario())
@@ -526,6 +539,9 @@ def test_logs_name_addresses_but_never_message_text() -> None:
     assert "paired" in log and "reported" in log
     assert "SECRET-MARKER-8812" not in log
     assert "REASON-MARKER-4471" not in log
+    assert len(tokens) == 3
+    for token in tokens:
+        assert token not in log
 
 
 def test_refused_handshakes_are_logged(server: RunningServer) -> None:

@@ -394,3 +394,19 @@ async def test_shutting_down_gives_up_on_the_sessions_away(h: Harness) -> None:
     h.pump()
     assert b.closed is not None and b.closed[1] == 1001
     assert h.lobby.stats().online == 0
+
+
+def test_a_token_in_a_url_is_left_out_of_the_access_log() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from roulette.website import access_log_line
+
+    token = "Ab-_" * 8
+    request = DummyRequest([b"ws"])
+    request.uri = f"/ws?video=1&session={token}&interest=cats".encode()
+    request.clientproto = b"HTTP/1.1"
+    request.sentLength = 0
+    request.code = 101
+    line = access_log_line("[06/Dec/2026:03:00:00 +0000]", request)
+    assert token not in line
+    assert "/ws?video=1&session=-&interest=cats" in line
