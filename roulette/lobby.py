@@ -448,6 +448,10 @@ class Lobby(Service):
         )
         for client in banned:
             client.ban(until)
+        # Sessions away from there will not be let back in: their partners
+        # need not wait for them.
+        for session in [s for s in self._graces if s.keys and scope in s.keys.scopes]:
+            self._give_up(session)
 
     def matching(self, available: bool) -> None:
         """Matching stopped (the pool's Redis cannot be reached) or started

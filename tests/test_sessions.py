@@ -410,3 +410,20 @@ def test_a_token_in_a_url_is_left_out_of_the_access_log() -> None:
     line = access_log_line("[06/Dec/2026:03:00:00 +0000]", request)
     assert token not in line
     assert "/ws?video=1&session=-&interest=cats" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_gives_up_on_the_banned_sessions_away(h: Harness) -> None:
+    h.lobby.gate.trust_proxy = 1
+    a = await h.connect({"X-Forwarded-For": "203.0.113.1"})
+    b = await h.connect({"X-Forwarded-For": "203.0.113.2"})
+    said(a), said(b)
+    a.dropConnection(abort=True)
+    h.pump()
+    assert said(b) == [{"type": "partner_away"}]
+    keys = h.lobby.gate.hasher.keys("203.0.113.1")
+    h.lobby.ban(keys.address, h.clock.seconds() + 600)
+    h.pump()
+    # It will not be let back in: its partner need not wait out the grace.
+    assert said(b) == [{"type": "partner_left"}]
+    assert h.lobby.stats().online == 1
