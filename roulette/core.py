@@ -191,9 +191,10 @@ class Matchmaker(Protocol):
 
     def back(self, peer: Peer) -> None:
         """The client away is back: a chat it still has goes on (both are
-        told, :meth:`Peer.send_partner_back`); if it was waiting when it
-        went away, it waits again (``send_waiting``); idle, it stays idle.
-        Nothing is done for a client that is not away."""
+        told, :meth:`Peer.send_partner_back`; if its partner is away too, it
+        is told that instead, :meth:`Peer.send_partner_away`); if it was
+        waiting when it went away, it waits again (``send_waiting``); idle,
+        it stays idle.  Nothing is done for a client that is not away."""
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         """Deliver ``event`` to the partner the peer has when this is handled
@@ -433,8 +434,12 @@ class MemoryMatchmaker:
         self._advance(now)
         partner = self._partner.get(peer)
         if partner is not None:
-            partner.send_partner_back()
-            peer.send_partner_back()
+            if partner in self._away:
+                # Both dropped: this one is back, its partner not yet.
+                peer.send_partner_away()
+            else:
+                partner.send_partner_back()
+                peer.send_partner_back()
         elif was_waiting and peer not in self._waiting:
             self._enqueue(peer)
         self._tell_reasons(now)

@@ -682,9 +682,15 @@ class RedisMatchmaker(Service):
         was_waiting = self._away.pop(client, None)
         if was_waiting is None:
             return
-        if self._partner.get(client) is not None:
-            self._tell_partner(client, "B")
-            peer.send_partner_back()
+        partner = self._partner.get(client)
+        if partner is not None:
+            if partner in self._away:
+                # Both dropped: this one is back, its partner not yet.  (One
+                # of another node that is away answers "B" with an "A".)
+                peer.send_partner_away()
+            else:
+                self._tell_partner(client, "B")
+                peer.send_partner_back()
         elif was_waiting and self._status[client] != "w":
             self.next(peer)
 
@@ -885,6 +891,9 @@ class RedisMatchmaker(Service):
             peer = self._peers.get(client)
             if peer is not None and self._partner.get(client) == sender:
                 _tell(peer, kind)
+                if kind == "B" and client in self._away:
+                    # The partner back is told this one is away itself.
+                    self._tell_partner(client, "A")
             return
         if kind == "M":
             heard = self._markers.pop(message, None)

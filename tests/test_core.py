@@ -258,6 +258,21 @@ def test_a_partner_is_told_when_its_stranger_is_away_and_back() -> None:
     assert mm.partner_of(a) is b
 
 
+def test_when_both_dropped_the_first_back_is_told_its_partner_is_away() -> None:
+    mm, _ = make()
+    a, b = peers("a", "b")
+    mm.connect(a)
+    mm.connect(b)
+    mm.away(a)
+    mm.away(b)
+    a.take(), b.take()
+    mm.back(a)
+    assert a.take() == [("partner_away",)]
+    assert b.take() == []
+    mm.back(b)
+    assert a.take() == [("partner_back",)] and b.take() == [("partner_back",)]
+
+
 def test_an_away_client_whose_partner_left_comes_back_idle() -> None:
     mm, _ = make(cooldown=0)
     a, b = peers("a", "b")
@@ -596,6 +611,10 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.mm.back(p)
         if was_waiting is None:
             assert p.events == []
+        elif q is not None and q in self.away:
+            # (A pool node that does not know its partner is away says
+            # partner_back first, then hears otherwise.)
+            assert p.events[-1] == ("partner_away",)
         elif q is not None:
             assert p.events == [("partner_back",)] and q.events == [("partner_back",)]
         elif was_waiting:
