@@ -59,6 +59,25 @@
 // "stop", and so is one from the queue the page has just left by turning
 // video on or off (until that move's own "waiting").  Every new "waiting"
 // starts without a reason; the server says it again if it still holds.
+//
+// Sessions: a visitor's place outlives its connection.  Right after a
+// connection's first "online" the server sends "session": a token, used
+// once, that the page keeps (in sessionStorage: one per tab) and presents
+// when it connects again ("session=" in the address), and whether this
+// connection picked up where a dropped one left off ("resumed").  The
+// page decides on that event, not on "open", what the connection is: a
+// new one is queued (one "waiting" owed, or "partner_left" with
+// "while_away" if its chat ended while it was away); a resumed one goes on
+// as the server had it (a chat: "partner_back" then the messages held for
+// it; a wait: "waiting"; a chat that ended meanwhile: the messages, then
+// "partner_left" with "while_away").  So a drop (the page's own, or the
+// system saying the network is gone, when the page closes with 4000 "back
+// soon" itself) does not end the chat on the page: it keeps the log and
+// the stranger, and reconnects at once when the network is back.  The
+// partner's drop ("partner_away") is said in the log, as its return
+// ("partner_back").  A connection closed with 4001 had its session picked
+// up by another tab (a duplicate, with a copy of the token): this page
+// stops there, and starts over only when asked, without the token.
 "use strict";
 
 (function () {
@@ -69,11 +88,29 @@
     youLeft: "You have disconnected.",
     lost: "Connection lost. Reconnecting…",
     reported: "You reported the stranger. Looking for a stranger…",
+    replaced: "This chat continued in another tab.",
   };
   var BLOCKED = "You blocked the stranger.";
   var FOUND_TITLE = "Stranger found!";
   var OFFLINE = "You're offline. When the connection is back you'll meet a new stranger.";
   var OFFLINE_IDLE = "You're offline. When the connection is back, press Start to meet a stranger.";
+  // Lost in a chat the server keeps for a while ("resume_grace").
+  var OFFLINE_CHAT = "You're offline. If you're back within {n} s, your chat goes on.";
+  // Sessions (see the top): what the log says.
+  var RESUMED = "Reconnected. Your chat goes on.";
+  var ENDED_AWAY = "The chat ended while you were away.";
+  var PARTNER_AWAY = "Stranger's connection dropped. Waiting for them to come back…";
+  var PARTNER_BACK = "Stranger is back.";
+  var START_OVER = "Start a new chat";
+  var TRY_AGAIN = "Try again now";
+  var SESSION_KEY = "roulette.session"; // this tab's session token (sessionStorage)
+  var TOKEN_FORM = /^[A-Za-z0-9_-]{32}$/;
+  var CLOSE_AWAY = 4000; // "back soon": the page's network is gone for a moment
+  var CLOSE_RESUMED_ELSEWHERE = 4001; // another connection (tab) took the session
+  // A resumed connection says what the server had this page do ("waiting",
+  // "partner_back"...) at once; saying nothing within this, it had the
+  // person idle.
+  var RESUME_SETTLE_MS = 2000;
   var VIDEO_STATUS = {
     looking: "Looking for a stranger with a camera…",
     reported: "You reported the stranger. Looking for a stranger with a camera…",
@@ -128,6 +165,7 @@
     interests: 10,
     interest_length: 30,
     interest_wait: 10, // 0: the server does not match by interests
+    resume_grace: 0, // a server that does not say keeps no chat for a dropped connection
   };
   var BUDGET_SHARE = 0.8;
   var maxLength = DEFAULT_LIMITS.message_length;
@@ -139,6 +177,7 @@
   var maxInterests = DEFAULT_LIMITS.interests;
   var interestLength = DEFAULT_LIMITS.interest_length;
   var interestWait = DEFAULT_LIMITS.interest_wait;
+  var resumeGrace = DEFAULT_LIMITS.resume_grace;
   var INTERESTS_KEY = "roulette.interests"; // a JSON list of normalised tags
   var INTERESTS_DEBOUNCE_MS = 800; // changes this close together make one command
   var INTERESTS_RETRY_MS = 1000; // over the command budget: try again after this
@@ -166,6 +205,7 @@
     too_long: "too long",
     rate_limited: "sent too fast",
     not_paired: "the stranger had left",
+    partner_away: "the stranger's connection had dropped",
   };
   // A refused next or stop would leave the page unsure of its state.
   var RESYNC_WINDOW_MS = 3000;
@@ -279,6 +319,33 @@
   var unconfirmed = {}; // id -> the line of a message not yet answered
   var limitsKnown = false; // this connection's first "online" has come
 
+  // Sessions (see the top).
+  var sessionToken = loadToken(); // the token to present; "" for none
+  var sessionKnown = false; // this connection's "session" has come (or the server has none)
+  // This connection resumed the session, and the server has not yet said
+  // in what state (a "waiting", "partner_back" or "partner_left").
+  var resuming = false;
+  // ...and the person had asked to leave the chat just before the drop (a
+  // next, report or block unanswered): a chat the server still has is one
+  // to leave.
+  var resumeLeaving = false;
+  var resumeTimer = 0;
+  // A new session is queued and owes its "waiting"; one whose chat ended
+  // while it was away is idle instead, and says so ("partner_left" with
+  // "while_away") in its place.
+  var joinOwed = false;
+  // The last connection was lost in a way the server keeps the chat for
+  // (a drop, or the page's own "back soon"), if its grace allows.
+  var mayResume = false;
+  var partnerAway = false; // the stranger's connection dropped ("partner_away")
+  var replaced = false; // closed with 4001: another tab goes on with the session
+  // The last "paired": a video chat's peer connection starts again the same
+  // way when the two are back ("partner_back").
+  var pairedVideo = false;
+  var pairedOffer = false;
+  var pairedIce = null;
+  var hurry = false; // the network came back while the page asked why it could not connect
+
   // Video.  videoMode is what the person chose (Video pressed: the camera is
   // on and the page looks for strangers with a camera); socketVideo is the
   // mode the server has for this connection, as the page last told it.
@@ -318,6 +385,7 @@
     tags.forEach(function (tag) {
       query.append("interest", tag);
     });
+    if (sessionToken) query.append("session", sessionToken);
     var search = query.toString();
     url.search = search ? "?" + search : "";
     url.hash = "";
@@ -348,32 +416,15 @@
     limitsKnown = false; // this server's first "online" says them
     sock.addEventListener("open", function () {
       if (ws !== sock) return;
-      connected = true;
-      lost = false;
       opened = true;
       setRefusal(null);
-      setWait(null);
-      moveOwed = false;
-      pendingWaits = 1; // the server queues every new connection
-      reportUnanswered = false;
-      reported = false;
-      resetTypingSignal();
-      hideTyping();
-      if (isIdle()) {
-        // The person was idle before the connection dropped: stay idle.
-        transmit({ type: "stop" });
-        stopped = true;
-      } else {
-        stopped = false;
-        phase = "looking";
-      }
+      // What this connection is (new, or the session resumed) is decided on
+      // its "session" event (onSession), which comes before anything about
+      // a chat: until then the page is not connected yet, as far as the
+      // person can tell.
+      sessionKnown = false;
       socketVideo = sockVideo;
       switchPending = false;
-      // Video was turned on or off while this connection was on its way.
-      if (videoMode !== socketVideo) tellMode();
-      // Interests too.
-      if (!sameTags(interests, interestsSent)) sendInterestsSoon();
-      render();
     });
     sock.addEventListener("message", function (ev) {
       if (ws !== sock) return;
@@ -391,29 +442,84 @@
         handle(event);
       }
     });
-    sock.addEventListener("close", function () {
-      if (ws !== sock) return;
-      ws = null;
-      connected = false;
-      lost = true;
-      reportUnanswered = false;
-      setWait(null);
-      moveOwed = false;
-      onlineEl.textContent = "";
-      interestsOwed = 0; // the next connection gives them in its address
-      closePeer();
-      abandonUnconfirmed();
-      disarmEsc();
-      disarmReport();
-      disarmBlock();
-      resetTypingSignal();
-      hideTyping();
-      if (!isBanned()) showOffline();
-      render();
-      if (isBanned()) waitOutBan();
-      else if (!opened) askWhy();
-      else scheduleReconnect();
+    sock.addEventListener("close", function (ev) {
+      lose(sock, opened, ev.code);
     });
+  }
+
+  // The connection is gone ("code": its close code; CLOSE_AWAY when the page
+  // closed it itself because the network went).  The chat stays on the page
+  // when the server keeps it for a while: the next connection presents the
+  // session's token and picks it up.
+  function lose(sock, opened, code) {
+    if (ws !== sock) return;
+    ws = null;
+    connected = false;
+    lost = true;
+    reportUnanswered = false;
+    setWait(null);
+    moveOwed = false;
+    clearTimeout(resumeTimer);
+    resumeTimer = 0;
+    resuming = false;
+    onlineEl.textContent = "";
+    interestsOwed = 0; // the next connection gives them in its address
+    // Kept only after a drop (no close frame) or the page's own "back
+    // soon": a close of the server's own (it shuts down, say) ends the chat.
+    mayResume = opened && resumeGrace > 0 && (code === 1006 || code === CLOSE_AWAY);
+    closePeer();
+    abandonUnconfirmed();
+    disarmEsc();
+    disarmReport();
+    disarmBlock();
+    resetTypingSignal();
+    hideTyping();
+    if (code === CLOSE_RESUMED_ELSEWHERE) {
+      // Another tab (a duplicate of this one) presented the token and goes
+      // on: this one stops, and its token is spent.
+      replaced = true;
+      forgetToken();
+      clearNotice();
+      addEvent(STATUS.replaced);
+      render();
+      return;
+    }
+    if (!isBanned()) showOffline();
+    render();
+    if (isBanned()) waitOutBan();
+    else if (!opened) askWhy();
+    else scheduleReconnect();
+  }
+
+  // The system says the network is gone: a socket may take long to notice
+  // (or never, until it is used).  The page closes it itself, telling the
+  // server it will be back ("back soon", CLOSE_AWAY, if the server still
+  // hears it), and reconnects as soon as the network is back.
+  function onOffline() {
+    var sock = ws;
+    if (!sock) return;
+    if (sock.readyState === WebSocket.CONNECTING) {
+      sock.close(); // fails: its "close" goes on as for any failed try
+      return;
+    }
+    try {
+      sock.close(CLOSE_AWAY, "offline");
+    } catch (err) {
+      // Closing already.
+    }
+    lose(sock, true, CLOSE_AWAY);
+  }
+
+  // The network is back: do not wait out the backoff (but a ban, yes).
+  function onOnline() {
+    if (replaced || ws || connected || isBanned()) return;
+    if (retryTimer > 0) {
+      clearTimeout(retryTimer);
+      attempt = 0;
+      connect();
+    } else if (retryTimer === -1) {
+      hurry = true; // when the question why is answered
+    }
   }
 
   // The connection failed before it opened: ask the server why (see the
@@ -431,9 +537,12 @@
     asked.then(function (answer) {
       retryTimer = 0;
       if (ws || connected) return; // "Try again now" went ahead meanwhile
+      var now = hurry;
+      hurry = false;
       if (!answer || typeof answer !== "object" || answer.admitted !== false) {
         setRefusal(null);
-        scheduleReconnect();
+        if (now && !replaced) connect();
+        else scheduleReconnect();
         return;
       }
       var code = typeof answer.code === "string" ? answer.code : "";
@@ -516,13 +625,23 @@
   // "Try again now": do not wait out the rest of the pause.
   function retryNow() {
     if (connected || ws || isBanned()) return;
+    if (replaced) {
+      // Starting over, as a new visitor: without the token (spent; the
+      // other tab has the session) and looking for a stranger.
+      replaced = false;
+      forgetToken();
+      mayResume = false;
+      stopped = false;
+      pendingWaits = 0;
+      setPhase("looking");
+    }
     clearTimeout(retryTimer);
     retryTimer = 0;
     connect();
   }
 
   function scheduleReconnect() {
-    if (retryTimer) return;
+    if (retryTimer || replaced) return;
     setRefusal(null);
     // Exponential backoff with full jitter, never quicker than the floor.
     var cap = Math.min(RETRY_CAP_S, RETRY_BASE_S * Math.pow(2, attempt));
@@ -601,6 +720,16 @@
   // -- server events ---------------------------------------------------------
 
   function handle(event) {
+    if (!sessionKnown && event.type !== "online") {
+      // The first event after the first "online": "session", from a
+      // server with sessions; from one without, every connection is new.
+      sessionKnown = true;
+      if (event.type === "session") {
+        onSession(event);
+        return;
+      }
+      onSession(null);
+    }
     switch (event.type) {
       case "online":
         if (typeof event.count === "number" && isFinite(event.count) && event.count >= 0) {
@@ -681,7 +810,26 @@
         // About the service (matching paused, or working again): said as is.
         if (typeof event.message === "string" && event.message) showNotice(event.message);
         return;
+      case "session":
+        return; // one per connection: the first was taken above
+      case "partner_left":
+        if (event.while_away === true && joinOwed) {
+          // In place of the new session's "waiting": its chat ended while
+          // it was away, and the server has it idle.
+          joinOwed = false;
+          if (pendingWaits > 0) pendingWaits -= 1;
+          if (pendingWaits === 0 && !stopped) endedAway();
+          return;
+        }
+        break;
       case "waiting":
+        joinOwed = false;
+        if (resuming) {
+          // The server had the person looking: a chat the page still
+          // showed had ended.
+          settleResume();
+          if (phase === "chatting" && pendingWaits === 0 && !stopped) addEvent(ENDED_AWAY);
+        }
         // The first "waiting" after a report (or a block) is its own.
         reportUnanswered = false;
         // One that is not owed answers a move to the other queue (or is
@@ -710,16 +858,19 @@
           }
         }
         reported = false;
+        settleResume();
         closePeer();
         clearLog();
         clearNotice();
         introduce(event.common);
+        partnerAway = false;
         setPhase("chatting");
         tellHidden(FOUND_TITLE);
         chime();
-        if (isVideo && videoMode && localStream) {
-          startPeer(event.offer === true, event.ice_servers);
-        }
+        pairedVideo = isVideo;
+        pairedOffer = event.offer === true;
+        pairedIce = event.ice_servers;
+        startVideo();
         break;
       case "wait":
         if (phase === "looking" && !moveOwed) onWait(event);
@@ -744,14 +895,177 @@
         }
         break;
       case "partner_left":
-        if (phase === "chatting") {
+        if (event.while_away === true) {
+          // Back, the person finds the chat over (after what the stranger
+          // said meanwhile); unless they had asked to leave it.
+          var leaving = resuming && resumeLeaving;
+          settleResume();
+          if (leaving && phase === "looking") lookAgain();
+          else endedAway();
+        } else if (phase === "chatting") {
           setPhase("partnerLeft");
           addEvent(STATUS.partnerLeft);
           tellHidden(STATUS.partnerLeft);
         }
         break;
+      case "partner_away":
+        // The stranger's connection dropped: the chat goes on, what the
+        // person writes is kept for the stranger, and Next still works.
+        if (phase === "chatting" && !partnerAway) {
+          partnerAway = true;
+          hideTyping();
+          closePeer();
+          addInfo(PARTNER_AWAY);
+          render();
+        }
+        break;
+      case "partner_back":
+        onPartnerBack();
+        break;
       default:
         break; // unknown events are ignored
+    }
+  }
+
+  // The connection's "session" (null from a server without sessions): from
+  // now on the page is connected.  What the page showed before the drop
+  // (phase, and the "waiting" events it was owed) meets what the server
+  // says it has.
+  function onSession(event) {
+    var resumed = Boolean(event) && event.resumed === true;
+    if (event && typeof event.token === "string" && TOKEN_FORM.test(event.token)) {
+      saveToken(event.token);
+    }
+    var wasIdle = isIdle();
+    var leaving = phase === "looking" && pendingWaits > 0;
+    connected = true;
+    lost = false;
+    mayResume = false;
+    setWait(null);
+    moveOwed = false;
+    reportUnanswered = false;
+    reported = false;
+    resetTypingSignal();
+    hideTyping();
+    clearTimeout(resumeTimer);
+    resumeTimer = 0;
+    joinOwed = false;
+    resuming = false;
+    resumeLeaving = false;
+    if (!resumed) {
+      // A new session, queued at once (see the top).
+      pendingWaits = 1;
+      joinOwed = Boolean(event);
+      if (phase === "chatting") {
+        // The chat the page still showed is over.
+        addEvent(ENDED_AWAY);
+        tellHidden(STATUS.partnerLeft);
+      }
+    } else {
+      // Picked up where the last connection was: the server says how it
+      // had the person, and owes nothing for what the page asked before.
+      pendingWaits = 0;
+      resuming = !wasIdle;
+      resumeLeaving = leaving;
+      // Idle, it would say nothing at all.
+      if (resuming) resumeTimer = setTimeout(resumeSettled, RESUME_SETTLE_MS);
+    }
+    if (wasIdle) {
+      // The person was idle before the connection dropped: stay idle.
+      transmit({ type: "stop" });
+      stopped = true;
+    } else {
+      stopped = false;
+      if (!resumed) setPhase("looking");
+    }
+    // Video was turned on or off while this connection was on its way.
+    if (videoMode !== socketVideo) tellMode();
+    // Interests too.
+    if (!sameTags(interests, interestsSent)) sendInterestsSoon();
+    render();
+  }
+
+  // The server has said how it had the person (or could have: see onSession).
+  function settleResume() {
+    resuming = false;
+    resumeLeaving = false;
+    clearTimeout(resumeTimer);
+    resumeTimer = 0;
+  }
+
+  // A resumed connection heard nothing about a chat or a wait: the server
+  // has the person idle (a stranger who left as the connection dropped,
+  // say).  The page was looking: look; it showed a chat: that is over.
+  function resumeSettled() {
+    resumeTimer = 0;
+    if (!resuming || !connected) return;
+    settleResume();
+    if (pendingWaits > 0 || stopped) return; // the person went on meanwhile
+    if (phase === "looking") lookAgain();
+    else if (phase === "chatting") endedAway();
+  }
+
+  // Ask for a stranger without the person pressing anything (they were
+  // looking already, as far as they know).
+  function lookAgain() {
+    if (queueBudget() && transmit({ type: "next" })) {
+      lastQueueCommandAt = Date.now();
+      pendingWaits += 1;
+      stopped = false;
+      setPhase("looking");
+    } else {
+      resync();
+    }
+  }
+
+  // The chat ended while the person was away: said, and idle, as when a
+  // stranger leaves.
+  function endedAway() {
+    var said = logEl.lastElementChild;
+    if (!(said && said.classList.contains("event") && said.textContent === ENDED_AWAY)) {
+      addEvent(ENDED_AWAY);
+    }
+    setPhase("partnerLeft");
+    tellHidden(STATUS.partnerLeft);
+  }
+
+  // "partner_back": the stranger is back, or (on a connection that resumed
+  // the session) the person is, to the same chat.
+  function onPartnerBack() {
+    if (resuming) {
+      var leaving = resumeLeaving;
+      settleResume();
+      if (phase === "looking" && leaving) {
+        // The person had asked to leave this chat: leave it.
+        lookAgain();
+        return;
+      }
+      if (phase !== "chatting") {
+        // A chat this page never showed (a duplicate of the tab that had
+        // it, or one that began as the connection dropped): it goes on here.
+        clearLog();
+        clearNotice();
+        setPhase("chatting");
+      }
+      partnerAway = false;
+      addInfo(RESUMED);
+      startVideo();
+      render();
+      return;
+    }
+    if (phase === "chatting" && partnerAway) {
+      partnerAway = false;
+      addInfo(PARTNER_BACK);
+      startVideo();
+      render();
+    }
+  }
+
+  // A video chat's peer connection, as the last "paired" said (again, once
+  // both are back after a drop).
+  function startVideo() {
+    if (pairedVideo && videoMode && localStream && phase === "chatting") {
+      startPeer(pairedOffer, pairedIce);
     }
   }
 
@@ -1871,7 +2185,10 @@
       disarmBlock();
     }
     if (value !== "looking") reported = false;
-    if (value !== "chatting") closePeer();
+    if (value !== "chatting") {
+      closePeer();
+      partnerAway = false;
+    }
     phase = value;
     render();
   }
@@ -1885,6 +2202,7 @@
     var status;
     if (welcoming) status = ""; // nothing is going on yet: the card says why
     else if (banned) status = banStatus();
+    else if (!connected && replaced) status = STATUS.replaced;
     else if (!connected && refusal) status = refusalText();
     else if (!connected && lost) status = STATUS.lost;
     else if (phase === "looking" && reported) status = (videoMode ? VIDEO_STATUS : STATUS).reported;
@@ -1896,6 +2214,13 @@
     if (whyEl.textContent !== why) whyEl.textContent = why;
     whyEl.hidden = !why;
     checkNotice();
+
+    // "Try again now" while refused; after another tab took the session,
+    // the way to start over here.
+    var retryLabel = replaced ? START_OVER : TRY_AGAIN;
+    if (retryBtn.textContent !== retryLabel) retryBtn.textContent = retryLabel;
+    var retryShown = !connected && !banned && (Boolean(refusal) || replaced);
+    if (retryBtn.hidden === retryShown) retryBtn.hidden = !retryShown;
 
     var label = escTimer ? "Really?" : isIdle() ? "Start" : "Next";
     if (nextBtn.textContent !== label) nextBtn.textContent = label;
@@ -2137,8 +2462,14 @@
   // to this stranger any more, and the next connection starts afresh (as
   // the person left it: looking, or idle).
   function showOffline() {
-    showNotice(isIdle() ? OFFLINE_IDLE : OFFLINE, function () {
-      return !connected && !isBanned();
+    var text = OFFLINE;
+    if (isIdle()) text = OFFLINE_IDLE;
+    else if (phase === "chatting" && mayResume) {
+      // The server keeps the chat for a while (see the top).
+      text = OFFLINE_CHAT.replace("{n}", String(Math.round(resumeGrace)));
+    }
+    showNotice(text, function () {
+      return !connected && !isBanned() && !replaced;
     });
   }
 
@@ -2269,6 +2600,37 @@
     renderTitle();
   }
 
+  // -- the session's token --------------------------------------------------
+
+  // This tab's token (sessionStorage: a reload keeps it, another tab has
+  // its own; a duplicated tab starts with a copy, see the top).
+  function loadToken() {
+    try {
+      var token = sessionStorage.getItem(SESSION_KEY);
+      return token && TOKEN_FORM.test(token) ? token : "";
+    } catch (err) {
+      return "";
+    }
+  }
+
+  function saveToken(token) {
+    sessionToken = token;
+    try {
+      sessionStorage.setItem(SESSION_KEY, token);
+    } catch (err) {
+      // Storage may be unavailable: the token lasts as long as the page.
+    }
+  }
+
+  function forgetToken() {
+    sessionToken = "";
+    try {
+      sessionStorage.removeItem(SESSION_KEY);
+    } catch (err) {
+      // Nothing was kept, then.
+    }
+  }
+
   // -- helpers ---------------------------------------------------------------
 
   // Take the server's limits (the first "online" event's "limits"), keeping
@@ -2293,6 +2655,9 @@
     var wait = given.interest_wait;
     interestWait =
       typeof wait === "number" && isFinite(wait) && wait >= 0 ? wait : DEFAULT_LIMITS.interest_wait;
+    var grace = given.resume_grace;
+    resumeGrace =
+      typeof grace === "number" && isFinite(grace) && grace >= 0 ? grace : DEFAULT_LIMITS.resume_grace;
     renderInterests();
     fitInterests();
   }
@@ -2394,13 +2759,8 @@
   interestBox.addEventListener("input", onInterestInput);
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("visibilitychange", onVisibilityChange);
-  window.addEventListener("online", function () {
-    // The network is back: do not wait out the backoff (but a ban, yes).
-    if (retryTimer > 0 && !isBanned()) {
-      clearTimeout(retryTimer);
-      connect();
-    }
-  });
+  window.addEventListener("online", onOnline);
+  window.addEventListener("offline", onOffline);
 
   renderChips();
   render();
