@@ -79,7 +79,8 @@ def main() -> None:
         return protocol
 
     a, b = connect(), connect()
-    assert matchmaker.partner_of(a) is b, "the two connections were not paired"
+    # The matchmaker pairs their sessions.
+    assert matchmaker.partner_of(a.session) is b.session, "the two connections were not paired"
     frame = masked_text_frame(b'{"type":"message","text":"hello there, how are you?"}')
     runs = []
     for _ in range(7):
