@@ -101,6 +101,7 @@ REFUSALS = (
     wire.BAD_MESSAGE,
     wire.NOT_PAIRED,
     wire.NOT_VIDEO,
+    wire.PARTNER_AWAY,
 )
 
 #: The reasons ``RouletteProtocol._deny_handshake`` gives, and their labels.
