@@ -330,6 +330,8 @@ class RedisMatchmaker(Service):
         #: by a newline), where it has any and interests are on.
         self._interests: dict[str, str] = {}
         self._said: set[str] = set()
+        #: The key each client's cooldowns go by, where it has a session's.
+        self._ck: dict[str, str] = {}
         #: The clients away (see Matchmaker.away), each with whether it was
         #: waiting when it went.
         self._away: dict[str, bool] = {}
@@ -531,6 +533,7 @@ class RedisMatchmaker(Service):
                 self._queue.get(client, ""),
                 "1" if client in self._offers else "0",
                 self._interests.get(client, ""),
+                self._ck.get(client, ""),
             ]
         self._call(scripts.SYNC, self.node, self._wait_text, *values)
         counts: list[str] = []
@@ -588,6 +591,12 @@ class RedisMatchmaker(Service):
         tags = self._tags(interests)
         if tags:
             self._interests[client] = tags
+        # A session's cooldowns outlive its connections: they go by its id.
+        ck = getattr(peer, "sid", "")
+        if not isinstance(ck, str):
+            ck = ""
+        if ck:
+            self._ck[client] = ck
         self._call(
             scripts.CONNECT,
             client,
@@ -597,6 +606,7 @@ class RedisMatchmaker(Service):
             tags,
             self._wait_text,
             "1" if join else "0",
+            ck,
         )
 
     def set_queue(self, peer: Peer, queue: str) -> None:
@@ -663,7 +673,8 @@ class RedisMatchmaker(Service):
         self._interests.pop(client, None)
         self._said.discard(client)
         self._away.pop(client, None)
-        self._call(scripts.DISCONNECT, client)
+        self._ck.pop(client, None)
+        self._call(scripts.DISCONNECT, client, repr(float(self._cooldown)))
 
     def away(self, peer: Peer) -> None:
         client = self._ids[peer]

@@ -21,7 +21,9 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
     that changed its chat, see below), ``partner``, ``at`` (when the chat
     began), ``sent`` (whether the client said something in it), ``offer``
     ("1" for the one of two partners that makes the offer), ``q`` (the
-    queue it joins next, when not the text one: "video"), ``wq`` (the
+    queue it joins next, when not the text one: "video"), ``ck`` (the key
+    its cooldowns go by, where it is not the client id: its session's, so
+    that they outlive the connection), ``wq`` (the
     queue it waits in), ``tags`` (its interests, each followed by a newline,
     where it has any) and ``ie`` (when the interest wait of a waiting client
     that is not yet open runs out).
@@ -37,7 +39,8 @@ it writes live unless a node renews them: two leases.  Keys (``P`` is the prefix
     sorted set: client id -> the end of its interest wait, for those not
     yet open.
 ``P.."cool"``
-    sorted set: "a|b" -> the end of their re-pairing cooldown.
+    sorted set: "a|b" of two cooldown keys (see ``ck``) -> the end of their
+    re-pairing cooldown.
 ``P.."blocked"``
     sorted set: "a|b" of two waiting clients kept apart only by their
     cooldown -> its end, when they must be paired.
@@ -86,6 +89,8 @@ end
 local function tell(c, msg) redis.call('PUBLISH', P .. 'n:' .. node_of(c), msg) end
 local function gen(c) return get(c, 'gen') or '0' end
 local function pk(a, b) if a < b then return a .. '|' .. b end return b .. '|' .. a end
+-- The key a client's cooldowns go by: its session's, or its own id.
+local function ckey(c) return get(c, 'ck') or c end
 local function is_waiting(c) return redis.call('ZSCORE', P .. 'waiting', c) end
 
 -- A client's interests, in the order given.
@@ -126,7 +131,7 @@ end
 
 -- When the cooldown of a and b ends, if it has not yet.
 local function cool_until(a, b)
-  local s = redis.call('ZSCORE', P .. 'cool', pk(a, b))
+  local s = redis.call('ZSCORE', P .. 'cool', pk(ckey(a), ckey(b)))
   if s then
     s = tonumber(s)
     if s > NOW then return s end
@@ -224,7 +229,7 @@ local function leave(c, cooldown)
   local p = get(c, 'partner')
   if p then
     end_chat(c, p)
-    if cooldown > 0 then redis.call('ZADD', P .. 'cool', NOW + cooldown, pk(c, p)) end
+    if cooldown > 0 then redis.call('ZADD', P .. 'cool', NOW + cooldown, pk(ckey(c), ckey(p))) end
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   else
     unwait(c)
@@ -271,7 +276,7 @@ local function forget(c)
     tell(p, 'L ' .. p .. ' ' .. gen(p))
   end
   unwait(c)
-  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq', 'tags')
+  drop(c, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq', 'tags', 'ck')
 end
 
 -- Keys live while a node renews them (see RENEW): those a call may have
@@ -322,7 +327,8 @@ end
 #: keys for reports and bans ("address network scope..." or ""), ARGV[8]:
 #: the queue it joins ("" for text), ARGV[9]: its interests (each followed by
 #: a newline; "" for none), ARGV[10]: the interest wait (seconds),
-#: ARGV[11]: "1" to join the queue, "0" to start idle.
+#: ARGV[11]: "1" to join the queue, "0" to start idle, ARGV[12]: the key
+#: its cooldowns go by ("" for its id).
 CONNECT = (
     _COMMON
     + """
@@ -332,6 +338,7 @@ put(c, 'id', ARGV[6])
 if ARGV[7] ~= '' then put(c, 'keys', ARGV[7]) end
 if ARGV[8] ~= '' then put(c, 'q', ARGV[8]) end
 if ARGV[9] ~= '' then put(c, 'tags', ARGV[9]) end
+if ARGV[12] ~= '' then put(c, 'ck', ARGV[12]) end
 put(c, 'gen', '0')
 if ARGV[11] ~= '0' then
   tell(c, 'W ' .. c .. ' 0')
@@ -408,12 +415,17 @@ return deadline()
 """
 )
 
-#: ARGV[5]: client.
+#: ARGV[5]: client, ARGV[6]: the cooldown (seconds).
 DISCONNECT = (
     _COMMON
     + """
 advance()
-forget(ARGV[5])
+local c, cooldown = ARGV[5], tonumber(ARGV[6])
+local p = get(c, 'partner')
+-- A chat ended by a disconnection starts a cooldown too: the session may
+-- connect again.
+if p and cooldown > 0 then redis.call('ZADD', P .. 'cool', NOW + cooldown, pk(ckey(c), ckey(p))) end
+forget(c)
 keep(false)
 return deadline()
 """
@@ -470,11 +482,11 @@ return {tostring(online), tostring(redis.call('ZCARD', P .. 'waiting')), tostrin
 )
 
 #: ARGV[5]: node, ARGV[6]: the interest wait (seconds); then, for each of its
-#: clients, nine values: the client, its identity, its generation, what the
+#: clients, ten values: the client, its identity, its generation, what the
 #: node last told it ("w" waiting, "p" paired, "i" idle), its partner then
 #: ("" for none), its address keys, the queue it joins next ("" for text),
-#: whether it was told to make the offer ("1" or "0") and its interests
-#: (each followed by a newline).
+#: whether it was told to make the offer ("1" or "0"), its interests
+#: (each followed by a newline) and the key its cooldowns go by ("": its id).
 #:
 #: After the node was cut off from Redis, what it missed is told again: the
 #: clients Redis lost (it restarted empty, or the node's lease ran out and
@@ -495,8 +507,9 @@ while ARGV[i] do
   local c = ARGV[i]
   order[#order + 1] = c
   mine[c] = {id = ARGV[i + 1], gen = ARGV[i + 2], status = ARGV[i + 3], partner = ARGV[i + 4],
-             keys = ARGV[i + 5], q = ARGV[i + 6], offer = ARGV[i + 7], tags = ARGV[i + 8]}
-  i = i + 9
+             keys = ARGV[i + 5], q = ARGV[i + 6], offer = ARGV[i + 7], tags = ARGV[i + 8],
+             ck = ARGV[i + 9]}
+  i = i + 10
 end
 for _, f in ipairs(redis.call('HKEYS', P .. 'nc:' .. node)) do
   local c = string.match(f, '^(.*)|id$')
@@ -510,6 +523,7 @@ for _, c in ipairs(order) do
     if v.keys ~= '' then put(c, 'keys', v.keys) end
     if v.q ~= '' then put(c, 'q', v.q) end
     if v.tags ~= '' then put(c, 'tags', v.tags) end
+    if v.ck ~= '' then put(c, 'ck', v.ck) end
     local p = v.partner
     if v.status == 'p' and mine[p] and mine[p].partner == c then
       put(c, 'partner', p)

@@ -47,6 +47,8 @@ MAX_DETACHED_PER_ADDRESS = 16
 #: Random bytes in a token: 192 bits, 32 characters of base64url.
 TOKEN_BYTES = 24
 TOKEN_LENGTH = 32
+#: Random bytes in a session's id (see Session.sid): 16 characters.
+SID_BYTES = 12
 
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -85,9 +87,12 @@ class Session:
     #: Where relayed events go: the connection's ``send_event``, or the hold.
     send_event: Callable[[bytes], None]
 
-    def __init__(self, address: str, digest: bytes) -> None:
+    def __init__(self, address: str, digest: bytes, sid: str = "") -> None:
         #: The hash of the address the token was issued to.
         self.address = address
+        #: A random name for it that never changes (no token can be made
+        #: from it): what a pool of processes keys its cooldowns by.
+        self.sid = sid
         #: The keyed hash of its current token.
         self.digest = digest
         self.connection: Connection | None = None
@@ -231,7 +236,8 @@ class Sessions:
     def start(self, address: str) -> tuple[Session, str]:
         """A new session for a connection from ``address`` (hashed), and its token."""
         token = self._token()
-        session = Session(address, self._digest(token))
+        sid = base64.urlsafe_b64encode(self._token_bytes(SID_BYTES)).decode("ascii")
+        session = Session(address, self._digest(token), sid)
         session.used = self._clock()
         self._by_digest[session.digest] = session
         return session, token

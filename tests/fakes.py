@@ -11,6 +11,8 @@ class RecordingPeer:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: As a session's: what a pool keys the peer's cooldowns by.
+        self.sid = f"s-{name}"
         self.events: list[tuple[Any, ...]] = []
         #: What the last status event said: waiting, paired or partner_left.
         self.status: str | None = None

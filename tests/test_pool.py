@@ -283,6 +283,34 @@ async def test_next_tells_the_partner_and_the_cooldown_wakes_them_on_time(pool: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_session_connecting_again_through_another_node_keeps_its_cooldowns(
+    pool: Pool,
+) -> None:
+    """A session's cooldowns go by its id, not its connection's: skipped,
+    then reloaded through another process, it does not meet the stranger it
+    skipped; nor after a chat its disconnection ended."""
+    n1, n2, a, b = await chat_across(pool)
+    n1.next(a)  # a skips b
+    n2.next(b)
+    await pool.settle()
+    n1.disconnect(a)  # a reloads its page...
+    await pool.settle()
+    n2.connect(a)  # ...and its connection lands on the other node
+    await pool.settle()
+    assert a.status == b.status == "waiting"
+    await pool.tick(59.5)
+    assert a.status == b.status == "waiting"
+    await pool.tick(0.5)
+    assert a.status == b.status == "paired"
+    n2.disconnect(a)  # closes its tab mid-chat, and comes back at once
+    await pool.settle()
+    n1.connect(a)
+    n2.next(b)
+    await pool.settle()
+    assert a.status == b.status == "waiting"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_makes_both_idle_and_stats_count_the_pool(pool: Pool) -> None:
     n1 = await pool.node(1)
     n2 = await pool.node(2)
@@ -677,7 +705,9 @@ class _PoolAsOne:
         waiting = set(self._query("ZRANGE", f"{prefix}waiting", "0", "-1"))
         for key, score in zip(flat[::2], flat[1::2], strict=True):
             a, b = key.split("|")
-            cool = self._query("ZSCORE", f"{prefix}cool", key)
+            # Cooldowns go by the clients' cooldown keys (their sessions').
+            ka, kb = (self.peer_of[x].sid for x in (a, b))
+            cool = self._query("ZSCORE", f"{prefix}cool", min(ka, kb) + "|" + max(ka, kb))
             if a in waiting and b in waiting and cool and float(cool[0]) == float(score):
                 return float(score) if first is None else min(first, float(score))
         return first
@@ -708,10 +738,6 @@ async def test_the_pairing_rules_hold_across_nodes(redis: RedisServer) -> None:
 
         def teardown(self) -> None:
             _in_reactor(lambda: defer.ensureDeferred(self.pool.close()))
-
-        def connect_again(self) -> None:  # type: ignore[override]
-            """Not a rule here: a node gives a peer that connects again a
-            new id in the pool, without the cooldowns of its last one."""
 
     await threads.deferToThread(
         run_state_machine_as_test,
