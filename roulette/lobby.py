@@ -20,7 +20,7 @@ from typing import Protocol, cast
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from roulette import wire
@@ -34,13 +34,20 @@ from roulette.abuse import (
 )
 from roulette.core import Matchmaker, ReportedChat, Stats
 from roulette.limits import DEFAULT
-from roulette.sessions import Connection, Session, Sessions
+from roulette.sessions import Connection, Session, Sessions, well_formed
 
 #: How often, at most, a client hears the ``online`` count (seconds).
 ONLINE_INTERVAL = 1.0
 
 #: How often the abuse controls forget what has expired (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
+
+#: How often, and how many times, a process asks the pool again for a
+#: session another process has live (its connection closing, say, as a
+#: page reloads) before the connection that presented its token starts a
+#: new one.
+SESSION_RETRY = 0.2
+SESSION_TRIES = 5
 
 #: What the ``notice`` events say when matching stops and starts again.
 MATCHING_PAUSED = (
@@ -84,6 +91,30 @@ class SharedAddresses(Protocol):
 
     def release_address(self, key: str) -> None:
         """Give back a connection taken for ``key``."""
+
+
+class SharedSessions(Protocol):
+    """Sessions without a connection kept by a pool of processes together,
+    so that a token may be presented to any of them."""
+
+    def keep_session(
+        self,
+        digest: str,
+        address: str,
+        sid: str,
+        ended: bool,
+        lifetime: float,
+        live: bool = False,
+        replaces: str = "",
+    ) -> None:
+        """Keep it under ``digest`` (its token's hash, in hex; in place of
+        ``replaces``, its last one's) for ``lifetime`` seconds; ``live``:
+        this process has it (with a connection, or away)."""
+
+    def take_session(self, digest: str, address: str) -> Deferred[tuple[str, bool] | str | None]:
+        """Take the session kept under ``digest`` for ``address`` (its id, and
+        whether its chat ended while it was away), if there is one; ``"live"``
+        (and nothing is taken) while a process has it live."""
 
 
 class Client(Connection, Protocol):
@@ -215,6 +246,9 @@ class Lobby(Service):
         #: Where per-address connection caps are counted over a pool of
         #: processes (the pool's matchmaker); otherwise each process alone.
         self.shared_addresses: SharedAddresses | None = None
+        #: Where sessions without a connection are kept for the whole pool
+        #: of processes (the pool's matchmaker); otherwise here alone.
+        self.shared_sessions: SharedSessions | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -271,6 +305,36 @@ class Lobby(Service):
 
     # -- what a connection calls ---------------------------------------------
 
+    def find_session(self, token: str, address: str) -> Deferred[None] | None:
+        """Before a connection that presents ``token`` from ``address`` (its
+        hash) opens: if the pool keeps its session, bring it here, for
+        :meth:`join` to take up (``None``: nothing to wait for)."""
+        shared = self.shared_sessions
+        if shared is None or not well_formed(token):
+            return None
+        local = self.sessions.find(token)
+        if local is not None and (local.connection is not None or local.away):
+            return None  # live here: only this process can take it up
+        # Kept without a connection: by the pool, which hands it out once.
+        digest = self.sessions.digest(token).hex()
+
+        def found(kept: tuple[str, bool] | str | None, tries: int) -> Deferred[None] | None:
+            if kept == "live" and tries < SESSION_TRIES:
+                # Another process has it: its connection is closing (a
+                # reload) or dropped.  Once closed, it is handed out.
+                later: Deferred[None] = deferLater(self._reactor, SESSION_RETRY, lambda: None)
+                again = later.addCallback(lambda _: shared.take_session(digest, address))
+                return again.addCallback(found, tries + 1)
+            mine = self.sessions.find(token)
+            if not isinstance(kept, tuple):
+                if mine is not None and mine.connection is None and not mine.away:
+                    self.sessions.drop(mine)  # taken up elsewhere, or expired
+            elif mine is None:
+                self.sessions.adopt(token, address, *kept)
+            return None
+
+        return shared.take_session(digest, address).addCallback(found, 1)
+
     def join(
         self,
         client: Client,
@@ -286,10 +350,24 @@ class Lobby(Service):
         still open, let it pick up where that left off."""
         address = "" if identity is None else str(identity)
         claimed = None if token is None else self.sessions.claim(token, address)
+        replaces = ""
         if claimed is None:
             session, token = self.sessions.start(address)
         else:
+            replaces = self.sessions.digest(cast(str, token)).hex()
             session, token = claimed
+        shared = self.shared_sessions
+        if shared is not None:
+            # The pool knows it is live here, under its new token.
+            shared.keep_session(
+                session.digest.hex(),
+                address,
+                session.sid,
+                False,
+                self.sessions.lifetime,
+                live=True,
+                replaces=replaces,
+            )
         resuming = session.away or session.connection is not None
         previous = cast("Client | None", session.last)
         if session.connection is not None:
@@ -373,15 +451,23 @@ class Lobby(Service):
             grace.cancel()
         last = cast("Client | None", session.last)
         missed = session.ended_while_away or (last is not None and last.chatting)
-        self._end_session(session)
-        session.ended_while_away = missed
+        self._end_session(session, missed)
         self._reschedule()
 
-    def _end_session(self, session: Session) -> None:
+    def _end_session(self, session: Session, missed: bool = False) -> None:
+        """The session leaves the matchmaker, and is kept without a
+        connection (``missed``: its chat ended while it was away)."""
         session.detach(away=False)
         session.take_held()  # not kept beyond the grace
         self.matchmaker.disconnect(session)
+        session.ended_while_away = missed
         self.sessions.release(session)
+        shared = self.shared_sessions
+        if shared is not None:
+            # No longer live here: any process may take it up.
+            shared.keep_session(
+                session.digest.hex(), session.address, session.sid, missed, self.sessions.lifetime
+            )
 
     def next(self, client: Client) -> None:
         self.matchmaker.next(client.session)

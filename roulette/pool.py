@@ -455,6 +455,50 @@ class RedisMatchmaker(Service):
 
         return d.addCallback(taken)
 
+    def keep_session(
+        self,
+        digest: str,
+        address: str,
+        sid: str,
+        ended: bool,
+        lifetime: float,
+        live: bool = False,
+        replaces: str = "",
+    ) -> None:
+        """Keep a session in the pool for ``lifetime`` seconds, under its
+        token's ``digest`` (in place of ``replaces``, its last token's), so
+        that any process may take it up once it is not ``live`` here."""
+        self._call(
+            scripts.KEEP_SESSION,
+            digest,
+            address,
+            sid,
+            "1" if ended else "0",
+            str(math.ceil(lifetime * 1000)),
+            self.node if live else "",
+            replaces,
+            deadline=False,
+        )
+
+    def take_session(self, digest: str, address: str) -> Deferred[tuple[str, bool] | str | None]:
+        """The id of the session kept under ``digest`` for ``address``, and
+        whether its chat ended while it was away; it is kept no more.
+        ``"live"`` while a process has it live; ``None`` when there is none
+        (or Redis cannot say)."""
+        if self.paused or not self._listening:
+            return defer.succeed(None)
+        d = self._call(scripts.TAKE_SESSION, digest, address, deadline=False)
+
+        def taken(result: Any) -> tuple[str, bool] | str | None:
+            if not result:
+                return None
+            if len(result) == 1:
+                return "live"
+            sid, ended = result
+            return str(sid), ended == "1"
+
+        return d.addCallback(taken)
+
     def release_address(self, key: str) -> None:
         """Give back a connection :meth:`admit_address` took."""
         if self._give_back_locally(key):

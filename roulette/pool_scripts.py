@@ -718,3 +718,40 @@ remove_node(ARGV[5])
 return false
 """
 )
+
+#: Sessions (``roulette.sessions``), kept in the pool so that their tokens
+#: may be presented to any process: ``P.."sess:"..digest`` (the keyed hash
+#: of the current token, in hex) is a hash of ``a`` (the address hash it was
+#: issued to), ``s`` (the session's id, which its cooldowns go by), ``e``
+#: ("1": its chat ended while it was away) and ``n`` (the node that has it
+#: live, with a connection or away; "" when none has), expiring with the
+#: token.  ARGV[5]: the digest, ARGV[6]: the address, ARGV[7]: the id,
+#: ARGV[8]: ended, ARGV[9]: lifetime (ms), ARGV[10]: the node or "",
+#: ARGV[11]: the digest of the token it replaces, if any ("").
+KEEP_SESSION = (
+    _COMMON
+    + """
+if ARGV[11] ~= '' then redis.call('DEL', P .. 'sess:' .. ARGV[11]) end
+local k = P .. 'sess:' .. ARGV[5]
+redis.call('HSET', k, 'a', ARGV[6], 's', ARGV[7], 'e', ARGV[8], 'n', ARGV[10])
+redis.call('PEXPIRE', k, ARGV[9])
+return false
+"""
+)
+
+#: Take the session of a token presented from an address (ARGV[5]: the
+#: digest, ARGV[6]: the address): returns its id and whether its chat ended
+#: while it was away, and forgets it (a token is used once); {"live"}, and
+#: nothing changes, while a node has it live; false, and nothing changes,
+#: if none was issued to that address.
+TAKE_SESSION = (
+    _COMMON
+    + """
+local k = P .. 'sess:' .. ARGV[5]
+local v = redis.call('HMGET', k, 'a', 's', 'e', 'n')
+if not v[1] or v[1] ~= ARGV[6] then return false end
+if v[4] and v[4] ~= '' then return {'live'} end
+redis.call('DEL', k)
+return {v[2], v[3]}
+"""
+)

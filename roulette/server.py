@@ -219,10 +219,16 @@ class RouletteProtocol(WebSocketServerProtocol):
         token = request.params.get("session", [""])[-1]
         if token and well_formed(token):
             self._token = token
+        # A pool's process may first have to bring the session the token
+        # names from the pool (see Lobby.find_session).
+        found = None if self._token is None else lobby.find_session(self._token, keys.address)
         shared = lobby.shared_addresses
         if shared is not None:
-            return self._admit_in_pool(shared, gate.addresses.max_per_address)
-        return None
+            admitted = self._admit_in_pool(shared, gate.addresses.max_per_address)
+            if found is not None:
+                admitted.addCallback(lambda _: found)
+            return admitted
+        return found
 
     def _admit_in_pool(self, shared: SharedAddresses, most: int) -> Deferred[None]:
         """The per-address cap over the whole pool of processes: one round

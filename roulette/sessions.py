@@ -227,8 +227,31 @@ class Sessions:
     def __iter__(self) -> Iterator[Session]:
         return iter(self._by_digest.values())
 
-    def _digest(self, token: str) -> bytes:
+    def use_secret(self, secret: bytes) -> None:
+        """Hash tokens with ``secret`` from now on: a pool's processes share
+        one, so that each may take up the sessions the others keep."""
+        self._secret = secret
+
+    def digest(self, token: str) -> bytes:
+        """The keyed hash of ``token``: what is kept of it."""
         return hashlib.blake2s(token.encode("ascii"), key=self._secret, digest_size=16).digest()
+
+    def find(self, token: str) -> Session | None:
+        """The session whose current token is ``token``, as kept here."""
+        return self._by_digest.get(self.digest(token)) if well_formed(token) else None
+
+    def drop(self, session: Session) -> None:
+        """Forget ``session`` (another process took it up)."""
+        self._forget(session)
+
+    def adopt(self, token: str, address: str, sid: str, ended: bool) -> None:
+        """Keep here, without a connection, a session another process kept:
+        ``token`` is its current token (:meth:`claim` takes it up), ``sid``
+        its id, ``ended``: its chat ended while it was away."""
+        session = Session(address, self.digest(token), sid)
+        session.ended_while_away = ended
+        self._by_digest[session.digest] = session
+        self.release(session)
 
     def _token(self) -> str:
         return base64.urlsafe_b64encode(self._token_bytes(TOKEN_BYTES)).decode("ascii")
@@ -237,7 +260,7 @@ class Sessions:
         """A new session for a connection from ``address`` (hashed), and its token."""
         token = self._token()
         sid = base64.urlsafe_b64encode(self._token_bytes(SID_BYTES)).decode("ascii")
-        session = Session(address, self._digest(token), sid)
+        session = Session(address, self.digest(token), sid)
         session.used = self._clock()
         self._by_digest[session.digest] = session
         return session, token
@@ -248,7 +271,7 @@ class Sessions:
         spent); ``None`` otherwise, and nothing changes."""
         if not well_formed(token):
             return None
-        session = self._by_digest.get(self._digest(token))
+        session = self._by_digest.get(self.digest(token))
         if session is None or session.address != address:
             return None
         now = self._clock()
@@ -258,7 +281,7 @@ class Sessions:
         self._undetach(session)
         del self._by_digest[session.digest]
         token = self._token()
-        session.digest = self._digest(token)
+        session.digest = self.digest(token)
         session.used = now
         self._by_digest[session.digest] = session
         return session, token

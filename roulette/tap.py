@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import resource
@@ -646,6 +647,10 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         def joined(_: object) -> None:
             assert isinstance(matchmaker, RedisMatchmaker) and matchmaker.secret is not None
             gate.hasher = AddressHasher(matchmaker.secret)
+            # Tokens too, with a key of their own made from it.
+            lobby.sessions.use_secret(
+                hashlib.blake2s(b"roulette sessions", key=matchmaker.secret).digest()
+            )
             lobby.ready = True
             log.info("joined the pool as node {node}", node=matchmaker.node)
 
@@ -654,6 +659,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         matchmaker.on_ban = lobby.heard_ban
         lobby.shared_reports = matchmaker
         lobby.shared_addresses = matchmaker
+        lobby.shared_sessions = matchmaker
     lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,

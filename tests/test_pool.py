@@ -855,6 +855,79 @@ def test_a_dropped_client_of_one_process_resumes_its_chat_with_one_of_another(
         run_async(scenario())
 
 
+def test_a_session_is_taken_up_by_another_process_of_the_pool(redis: RedisServer) -> None:
+    """Over real sockets: a page reloaded through another process keeps its
+    session (the stranger it skipped does not come back), and one that comes
+    back after the grace through another process hears its chat ended."""
+    import json
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/10"  # a database of this test's own
+    options = ("--redis", url, "--repair-cooldown", "60", "--resume-grace", "1")
+    with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
+
+        async def connect(server_url: str, token: str = "") -> tuple[Any, dict[str, Any]]:
+            ws = await websockets.connect(server_url + (f"?session={token}" if token else ""))
+            assert json.loads(await ws.recv())["type"] == "online"
+            session = json.loads(await ws.recv())
+            assert session["type"] == "session"
+            return ws, session
+
+        async def paired_within(ws: Any, seconds: float) -> bool:
+            try:
+                while (await recv(ws, timeout=seconds))["type"] != "paired":
+                    pass
+            except TimeoutError:
+                return False
+            return True
+
+        async def scenario() -> None:
+            a, first = await connect(one.ws_url)
+            b, _ = await connect(one.ws_url)
+            assert await recv(a) == {"type": "waiting"}
+            assert await recv(a) == {"type": "paired", "common": []}
+            await send(a, {"type": "next"})  # a skips b
+            assert await recv(a) == {"type": "waiting"}
+            await recv(b)  # partner_left
+            await send(b, {"type": "next"})
+            await a.close(code=1001)  # a reload
+            again, second = await connect(two.ws_url, first["token"])
+            assert second["resumed"] is False and second["token"] != first["token"]
+            assert await recv(again) == {"type": "waiting"}
+            c, _ = await connect(two.ws_url)
+            assert await recv(c) == {"type": "waiting"}
+            assert await recv(c) == {"type": "paired", "common": []}
+            # c met one of them; the other still waits: a and b never met.
+            met = [ws for ws in (again, b) if await paired_within(ws, 1.0)]
+            assert len(met) == 1
+            # The same token is spent: presented again, it starts afresh.
+            spent, third = await connect(one.ws_url, first["token"])
+            assert third["resumed"] is False
+            await spent.close()
+            # A chat whose connection dropped, not back within the grace (1 s):
+            # back through the other process, it is told, and starts idle.
+            for ws in (again, b, c):
+                await ws.close()
+            d, fourth = await connect(one.ws_url)
+            e, _ = await connect(one.ws_url)
+            for ws in (d, e):
+                while (await recv(ws))["type"] != "paired":
+                    pass
+            d.transport.abort()
+            assert await recv(e) == {"type": "partner_away"}
+            assert await recv(e, timeout=3) == {"type": "partner_left"}
+            late, fifth = await connect(two.ws_url, fourth["token"])
+            assert fifth["resumed"] is False
+            assert await recv(late) == {"type": "partner_left", "while_away": True}
+            await late.close()
+            await e.close()
+
+        run_async(scenario())
+
+
 def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> None:
     """Over real sockets: a video client of one process meets a video client
     of the other (a text client waiting beside them meets nobody); exactly
