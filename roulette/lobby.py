@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -113,8 +113,19 @@ class SharedSessions(Protocol):
 
     def take_session(self, digest: str, address: str) -> Deferred[tuple[str, bool] | str | None]:
         """Take the session kept under ``digest`` for ``address`` (its id, and
-        whether its chat ended while it was away), if there is one; ``"live"``
-        (and nothing is taken) while a process has it live."""
+        whether its chat ended while it was away), if there is one; the id
+        of the process that has it live (and nothing is taken) while one has."""
+
+    def request_session(
+        self, node: str, digest: str, address: str
+    ) -> Deferred[dict[str, Any] | None]:
+        """Ask the process ``node`` to hand over the session it has live."""
+
+    def hand_over(self, peer: Session, client: str, passed: dict[str, Any]) -> None:
+        """Hand a session over to the process that asked for it."""
+
+    def adopt(self, peer: Session, state: dict[str, Any]) -> None:
+        """Take up a session another process handed over."""
 
 
 class Client(Connection, Protocol):
@@ -132,6 +143,10 @@ class Client(Connection, Protocol):
     @property
     def chatting(self) -> bool:
         """Whether it has a partner, as far as it knows."""
+
+    def carry(self) -> dict[str, bool]:
+        """What it knows of its chat, for a connection of another process
+        that takes its session up (see :meth:`resume`)."""
 
     @property
     def keys(self) -> AddressKeys:
@@ -155,7 +170,8 @@ class Client(Connection, Protocol):
 
     def resume(self, previous: Client | None) -> None:
         """It picks up where ``previous``, its session's connection before
-        it, left off: the chat, the queue and the mode it had."""
+        it, left off: the chat, the queue and the mode it had (without one:
+        where the session's ``carried`` says)."""
 
     def send_ended_while_away(self) -> None:
         """Its chat ended while its session was away: it is idle."""
@@ -319,9 +335,14 @@ class Lobby(Service):
         digest = self.sessions.digest(token).hex()
 
         def found(kept: tuple[str, bool] | str | None, tries: int) -> Deferred[None] | None:
-            if kept == "live" and tries < SESSION_TRIES:
-                # Another process has it: its connection is closing (a
-                # reload) or dropped.  Once closed, it is handed out.
+            if isinstance(kept, str) and tries == 1:
+                # Another process has it live: away, or with a connection
+                # that died unnoticed.  Asked, it hands it over.
+                asked = shared.request_session(kept, digest, address)
+                return asked.addCallback(handed, kept)
+            if isinstance(kept, str) and tries < SESSION_TRIES:
+                # Still live there (its connection closing, say): once
+                # closed, it is kept for anyone.
                 later: Deferred[None] = deferLater(self._reactor, SESSION_RETRY, lambda: None)
                 again = later.addCallback(lambda _: shared.take_session(digest, address))
                 return again.addCallback(found, tries + 1)
@@ -333,7 +354,66 @@ class Lobby(Service):
                 self.sessions.adopt(token, address, *kept)
             return None
 
+        def handed(state: dict[str, Any] | None, node: str) -> Deferred[None] | None:
+            if state is None:
+                return found(node, 2)  # not handed over (yet): ask the pool again
+            if self.sessions.find(token) is None:
+                self._take_over(token, address, state)
+            return None
+
         return shared.take_session(digest, address).addCallback(found, 1)
+
+    def _take_over(self, token: str, address: str, state: dict[str, Any]) -> None:
+        """A session handed over by another process: away here (relayed
+        messages are held) until the connection that asked opens."""
+        shared = self.shared_sessions
+        assert shared is not None
+        session = self.sessions.adopt(
+            token, address, str(state["sid"]), bool(state["ended"]), away=True
+        )
+        held = state.get("held")
+        for event in held if isinstance(held, list) else ():
+            session.send_event(str(event).encode("utf-8"))
+        carried = state.get("carried")
+        session.carried = (
+            {k: bool(v) for k, v in carried.items()} if isinstance(carried, dict) else {}
+        )
+        shared.adopt(session, state)
+        self._graces[session] = self._reactor.callLater(self.resume_grace, self._give_up, session)
+
+    def hand_over(self, digest: str, address: str, client: str) -> None:
+        """Another process asks for a session this one has live (a
+        connection there presented its token): its chat goes there."""
+        shared = self.shared_sessions
+        session = self.sessions.find_digest(bytes.fromhex(digest))
+        if (
+            shared is None
+            or session is None
+            or session.address != address
+            or (session.connection is None and not session.away)
+        ):
+            return  # unknown here, or kept for anyone already
+        if session.connection is not None:
+            old = cast(Client, session.connection)
+            del self._clients[old]
+            old.replaced()
+            session.detach(away=True)
+            self.matchmaker.away(session)
+        grace = self._graces.pop(session, None)
+        if grace is not None and grace.active():
+            grace.cancel()
+        last = cast("Client | None", session.last)
+        passed = {
+            "sid": session.sid,
+            "ended": session.ended_while_away,
+            "held": [event.decode("utf-8") for event in session.take_held()],
+            "carried": last.carry() if last is not None else session.carried,
+        }
+        log.info("handing a session over to {client}", client=client)
+        shared.hand_over(session, client, passed)
+        session.detach(away=False)
+        self.sessions.drop(session)
+        self._reschedule()
 
     def join(
         self,
@@ -450,7 +530,8 @@ class Lobby(Service):
         if grace.active():
             grace.cancel()
         last = cast("Client | None", session.last)
-        missed = session.ended_while_away or (last is not None and last.chatting)
+        chatting = last.chatting if last is not None else session.carried.get("paired", False)
+        missed = session.ended_while_away or chatting
         self._end_session(session, missed)
         self._reschedule()
 

@@ -26,6 +26,7 @@ partners of a node that died are told within a lease and a third.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
@@ -53,6 +54,11 @@ log = Logger()
 
 #: Seconds a node's lease lasts; it is renewed every third of it.
 LEASE = 3.0
+
+#: Seconds a node waits for another to hand a session over, and for which
+#: it passes on what reaches a client it handed over.
+HANDOVER_TIMEOUT = 2.0
+MOVED_FOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,15 @@ class RedisMatchmaker(Service):
         #: The clients away (see Matchmaker.away), each with whether it was
         #: waiting when it went.
         self._away: dict[str, bool] = {}
+        #: Sessions asked of other nodes (see request_session), by the id
+        #: their client gets here; and clients handed over to other nodes,
+        #: by their old id, for a few seconds (relays on their way follow).
+        self._incoming: dict[str, Deferred[dict[str, Any] | None]] = {}
+        self._moved: dict[str, str] = {}
+        #: Called when another node asks for a session this one has live
+        #: (its token's hash in hex, the address hash, the client id it
+        #: gets there): see hand_over.
+        self.on_handover: Callable[[str, str, str], object] | None = None
         self._seq = itertools.count(1)
         self._stats = Stats(0, 0, 0)
         self.nodes = 0
@@ -483,8 +498,8 @@ class RedisMatchmaker(Service):
     def take_session(self, digest: str, address: str) -> Deferred[tuple[str, bool] | str | None]:
         """The id of the session kept under ``digest`` for ``address``, and
         whether its chat ended while it was away; it is kept no more.
-        ``"live"`` while a process has it live; ``None`` when there is none
-        (or Redis cannot say)."""
+        The id of the node that has it live, while one does; ``None`` when
+        there is none (or Redis cannot say)."""
         if self.paused or not self._listening:
             return defer.succeed(None)
         d = self._call(scripts.TAKE_SESSION, digest, address, deadline=False)
@@ -493,11 +508,87 @@ class RedisMatchmaker(Service):
             if not result:
                 return None
             if len(result) == 1:
-                return "live"
+                return str(result[0])
             sid, ended = result
             return str(sid), ended == "1"
 
         return d.addCallback(taken)
+
+    def request_session(
+        self, node: str, digest: str, address: str
+    ) -> Deferred[dict[str, Any] | None]:
+        """Ask ``node``, which has the session of the token hashed to
+        ``digest`` live, to hand it over (see :meth:`hand_over`): what it
+        passes on, with the client's state (its id here under ``client``),
+        or ``None`` if it does not within ``HANDOVER_TIMEOUT`` seconds."""
+        if self.paused or not self._listening:
+            return defer.succeed(None)
+        client = f"{self.node}:{next(self._seq)}"
+        d: Deferred[dict[str, Any] | None] = Deferred()
+        self._incoming[client] = d
+
+        def too_late() -> None:
+            if self._incoming.pop(client, None) is d:
+                d.callback(None)
+
+        timer = self._clock.callLater(HANDOVER_TIMEOUT, too_late)
+
+        def answered(state: dict[str, Any] | None) -> dict[str, Any] | None:
+            if timer.active():
+                timer.cancel()
+            return state
+
+        d.addCallback(answered)
+        message = f"H {digest} {address} {client}"
+        self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
+        return d
+
+    def hand_over(self, peer: Peer, client: str, passed: dict[str, Any]) -> None:
+        """Hand ``peer`` over to the node whose client it is now (``client``,
+        that node's id for it), with ``passed`` (JSON): its chat and
+        cooldowns go with it; this node forgets it without a word."""
+        old = self._ids.pop(peer)
+        passed = {
+            **passed,
+            "status": self._status[old],
+            "was_waiting": self._away.get(old, False),
+        }
+        del self._peers[old]
+        for table in (self._gen, self._status, self._identity, self._keys):
+            del table[old]
+        for other in (self._partner, self._queue, self._interests, self._ck, self._away):
+            other.pop(old, None)
+        self._offers.discard(old)
+        self._said.discard(old)
+        self._moved[old] = client
+        self._clock.callLater(MOVED_FOR, self._moved.pop, old, None)
+        self._call(scripts.MOVE, old, client, json.dumps(passed), deadline=False)
+
+    def adopt(self, peer: Peer, state: dict[str, Any]) -> None:
+        """Take up a client another node handed over (``state``: what
+        :meth:`request_session` answered), away, as ``peer``."""
+        client = str(state["client"])
+        self._ids[peer] = client
+        self._peers[client] = peer
+        self._gen[client] = int(state["gen"])
+        self._status[client] = str(state["status"])
+        self._identity[client] = str(state["id"])
+        self._keys[client] = str(state["keys"])
+        for table, field in ((self._partner, "partner"), (self._queue, "q")):
+            if state[field]:
+                table[client] = str(state[field])
+        if state["tags"]:
+            self._interests[client] = str(state["tags"])
+        if state["ck"]:
+            self._ck[client] = str(state["ck"])
+        if state["offer"] == "1":
+            self._offers.add(client)
+        self._away[client] = bool(state["was_waiting"])
+        partner = self._partner.get(client)
+        if partner is not None and self._partner.get(partner) == state["old"]:
+            # A partner of this node knows the new id now, not when the
+            # notice ("N") that tells it comes, after this one.
+            self._partner[partner] = client
 
     def release_address(self, key: str) -> None:
         """Give back a connection :meth:`admit_address` took."""
@@ -749,6 +840,14 @@ class RedisMatchmaker(Service):
         elif was_waiting and self._status[client] != "w":
             self.next(peer)
 
+    def _forward(self, kind: str, client: str, rest: str) -> None:
+        """A notice for a client handed over to another node meanwhile: on
+        to its new id there."""
+        new = self._moved[client]
+        node = new.rpartition(":")[0]
+        message = f"{kind} {new} {rest}"
+        self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
+
     def _tell_partner(self, client: str, kind: str) -> None:
         """Tell the client's partner that it is away (``kind`` "A") or back
         ("B"), wherever the partner is."""
@@ -940,15 +1039,41 @@ class RedisMatchmaker(Service):
             peer = self._peers.get(client)
             if peer is not None and self._partner.get(client) == sender:
                 peer.send_event(payload.encode("utf-8"))
+            elif client in self._moved:
+                self._forward(kind, client, f"{sender} {payload}")
             return
         if kind in ("A", "B"):
             client, sender = rest.split(" ")
+            if client in self._moved:
+                self._forward(kind, client, sender)
+                return
             peer = self._peers.get(client)
             if peer is not None and self._partner.get(client) == sender:
                 _tell(peer, kind)
                 if kind == "B" and client in self._away:
                     # The partner back is told this one is away itself.
                     self._tell_partner(client, "A")
+            return
+        if kind == "H":
+            # Another node asks for a session this one has live.
+            digest, address, client = rest.split(" ")
+            if self.on_handover is not None:
+                self.on_handover(digest, address, client)
+            return
+        if kind == "V":
+            state = json.loads(rest)
+            asked = self._incoming.pop(str(state["client"]), None)
+            if asked is not None:
+                asked.callback(state)
+            else:
+                # Asked for, but given up on: nobody here takes it.
+                self._call(scripts.DISCONNECT, str(state["client"]), "0")
+            return
+        if kind == "N":
+            # A partner was handed over to another node: its new id.
+            client, old, new = rest.split(" ")
+            if self._partner.get(client) == old:
+                self._partner[client] = new
             return
         if kind == "M":
             heard = self._markers.pop(message, None)

@@ -741,17 +741,58 @@ return false
 
 #: Take the session of a token presented from an address (ARGV[5]: the
 #: digest, ARGV[6]: the address): returns its id and whether its chat ended
-#: while it was away, and forgets it (a token is used once); {"live"}, and
-#: nothing changes, while a node has it live; false, and nothing changes,
-#: if none was issued to that address.
+#: while it was away, and forgets it (a token is used once); {node}, and
+#: nothing changes, while that node has it live; false, and nothing
+#: changes, if none was issued to that address.
 TAKE_SESSION = (
     _COMMON
     + """
 local k = P .. 'sess:' .. ARGV[5]
 local v = redis.call('HMGET', k, 'a', 's', 'e', 'n')
 if not v[1] or v[1] ~= ARGV[6] then return false end
-if v[4] and v[4] ~= '' then return {'live'} end
+if v[4] and v[4] ~= '' then return {v[4]} end
 redis.call('DEL', k)
 return {v[2], v[3]}
+"""
+)
+
+#: Hand a client over to another node, which takes its session up (a
+#: connection presented the session's token there).  ARGV[5]: the client,
+#: ARGV[6]: its new id (of the other node), ARGV[7]: what the old node
+#: passes on (JSON: the session's id, the messages held for it, ...), to
+#: which the client's state in the pool is added; the new node hears it all
+#: (``V`` and the JSON) before the partner hears of the new id (``N p old
+#: new``), so nothing the partner relays to the new id can come first.
+#: Returns false, and does nothing, if the client is gone.
+MOVE = (
+    _COMMON
+    + """
+local o, n = ARGV[5], ARGV[6]
+if not get(o, 'id') then return false end
+local x = cjson.decode(ARGV[7])
+unwait(o)
+for _, f in ipairs({'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'tags', 'ck'}) do
+  local v = get(o, f)
+  if v then put(n, f, v) end
+end
+drop(o, 'id', 'gen', 'partner', 'at', 'sent', 'keys', 'offer', 'q', 'wq', 'tags', 'ck', 'ie')
+local p = get(n, 'partner')
+x.client = n
+x.old = o
+x.partner = p or ''
+x.offer = get(n, 'offer') or '0'
+x.gen = gen(n)
+x.q = get(n, 'q') or ''
+x.tags = get(n, 'tags') or ''
+x.ck = get(n, 'ck') or ''
+x.id = get(n, 'id')
+x.keys = get(n, 'keys') or ''
+tell(n, 'V ' .. cjson.encode(x))
+if p then
+  put(p, 'partner', n)
+  tell(p, 'N ' .. p .. ' ' .. o .. ' ' .. n)
+end
+keep(n)
+return true
 """
 )

@@ -722,15 +722,27 @@ class RouletteProtocol(WebSocketServerProtocol):
         self.send_event(wire.encode_session(token, resumed))
 
     def resume(self, previous: Client | None) -> None:
-        if not isinstance(previous, RouletteProtocol):
-            return
-        self._paired = previous._paired
-        self._idle = previous._idle
-        self._queued_video = previous._queued_video
-        self._partner_away = previous._partner_away
-        self._held_count = previous._held_count
-        self._held_bytes = previous._held_bytes
-        self._waiting_since, self._paired_at = previous._waiting_since, previous._paired_at
+        carried = previous.carry() if previous is not None else self.session.carried
+        self._paired = carried.get("paired", False)
+        self._idle = carried.get("idle", False)
+        self._queued_video = carried.get("video", False)
+        self._partner_away = carried.get("partner_away", False)
+        if isinstance(previous, RouletteProtocol):
+            self._held_count = previous._held_count
+            self._held_bytes = previous._held_bytes
+            self._waiting_since, self._paired_at = previous._waiting_since, previous._paired_at
+        elif self._paired:
+            # Handed over by another process: the chat's length is counted
+            # from here.
+            self._paired_at = self.factory.reactor.seconds()
+
+    def carry(self) -> dict[str, bool]:
+        return {
+            "paired": self._paired,
+            "idle": self._idle,
+            "video": self._queued_video,
+            "partner_away": self._partner_away,
+        }
 
     def send_ended_while_away(self) -> None:
         self._paired = self._partner_away = False

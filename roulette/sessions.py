@@ -106,6 +106,9 @@ class Session:
         self.held_bytes = 0
         #: When it was last used (a connection attached or gone), on the clock.
         self.used = 0.0
+        #: What its last connection knew of its chat (see Client.carry), when
+        #: that connection was another process's.
+        self.carried: dict[str, bool] = {}
         self.send_event = _dropped
 
     def __repr__(self) -> str:
@@ -244,14 +247,24 @@ class Sessions:
         """Forget ``session`` (another process took it up)."""
         self._forget(session)
 
-    def adopt(self, token: str, address: str, sid: str, ended: bool) -> None:
-        """Keep here, without a connection, a session another process kept:
-        ``token`` is its current token (:meth:`claim` takes it up), ``sid``
-        its id, ``ended``: its chat ended while it was away."""
+    def adopt(self, token: str, address: str, sid: str, ended: bool, away: bool = False) -> Session:
+        """Keep here a session another process had: ``token`` is its current
+        token (:meth:`claim` takes it up), ``sid`` its id, ``ended``: its chat
+        ended while it was away.  ``away``: it is away (its chat goes on,
+        handed over); otherwise it has no connection."""
         session = Session(address, self.digest(token), sid)
         session.ended_while_away = ended
+        session.used = self._clock()
         self._by_digest[session.digest] = session
-        self.release(session)
+        if away:
+            session.detach(away=True)
+        else:
+            self.release(session)
+        return session
+
+    def find_digest(self, digest: bytes) -> Session | None:
+        """The session whose current token hashes to ``digest``."""
+        return self._by_digest.get(digest)
 
     def _token(self) -> str:
         return base64.urlsafe_b64encode(self._token_bytes(TOKEN_BYTES)).decode("ascii")

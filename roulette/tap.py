@@ -660,6 +660,7 @@ def makeService(config: Options, reactor: IReactorCore | None = None) -> IServic
         lobby.shared_reports = matchmaker
         lobby.shared_addresses = matchmaker
         lobby.shared_sessions = matchmaker
+        matchmaker.on_handover = lobby.hand_over
     lobby.setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     factory = RouletteFactory(
         lobby,

@@ -928,6 +928,67 @@ def test_a_session_is_taken_up_by_another_process_of_the_pool(redis: RedisServer
         run_async(scenario())
 
 
+def test_a_dropped_chat_is_picked_up_through_another_process(redis: RedisServer) -> None:
+    """Over real sockets: a client's connection to one process drops, and
+    it comes back through the other (as workers sharing a port send it):
+    that process asks the first for the session, which hands it over with
+    what was kept for it; its partner, on the first, chats on."""
+    import json
+
+    import websockets
+    from support import RunningServer, run_async
+    from test_e2e import recv, send
+
+    url = redis.url.rsplit("/", 1)[0] + "/11"  # a database of this test's own
+    with (
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as one,
+        RunningServer(None, "--redis", url, "--repair-cooldown", "0") as two,
+    ):
+
+        async def scenario() -> None:
+            a = await websockets.connect(one.ws_url)
+            assert json.loads(await a.recv())["type"] == "online"
+            session = json.loads(await a.recv())
+            b = await websockets.connect(one.ws_url)
+            assert await recv(b) == {"type": "waiting"}
+            assert await recv(b) == {"type": "paired", "common": []}
+            a.transport.abort()
+            assert await recv(b) == {"type": "partner_away"}
+            await send(b, {"type": "message", "text": "first"})
+            await send(b, {"type": "message", "text": "second"})
+            back = await websockets.connect(f"{two.ws_url}?session={session['token']}")
+            assert json.loads(await back.recv())["type"] == "online"
+            again = json.loads(await back.recv())
+            assert again["type"] == "session" and again["resumed"] is True
+            assert await recv(back) == {"type": "partner_back"}
+            assert await recv(back) == {"type": "message", "text": "first"}
+            assert await recv(back) == {"type": "message", "text": "second"}
+            assert await recv(b) == {"type": "partner_back"}
+            for i in range(3):  # both ways, across the two processes now
+                await send(b, {"type": "message", "text": f"b{i}"})
+                await send(back, {"type": "message", "text": f"a{i}"})
+            assert [(await recv(back))["text"] for _ in range(3)] == ["b0", "b1", "b2"]
+            assert [(await recv(b))["text"] for _ in range(3)] == ["a0", "a1", "a2"]
+            # Its connection to the second process is taken over by a third
+            # connection, through the first: the chat moves back.
+            third = await websockets.connect(f"{one.ws_url}?session={again['token']}")
+            assert json.loads(await third.recv())["type"] == "online"
+            assert json.loads(await third.recv())["resumed"] is True
+            assert await recv(third) == {"type": "partner_back"}
+            assert [await recv(b), await recv(b)] == [
+                {"type": "partner_away"},
+                {"type": "partner_back"},
+            ]
+            await send(third, {"type": "message", "text": "home again"})
+            assert await recv(b) == {"type": "message", "text": "home again"}
+            await send(b, {"type": "next"})
+            assert await recv(third) == {"type": "partner_left"}
+            for ws in (back, third, b):
+                await ws.close()
+
+        run_async(scenario())
+
+
 def test_video_clients_of_two_processes_meet_and_signal(redis: RedisServer) -> None:
     """Over real sockets: a video client of one process meets a video client
     of the other (a text client waiting beside them meets nobody); exactly
