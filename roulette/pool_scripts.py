@@ -66,7 +66,12 @@ client's whole state, see ``SYNC``) and then ``R`` (the node is back).  ``gen``
 is the client's generation as the script saw it: a node drops a notice
 older than the last command its client sent, which the client has already
 overtaken.  Events from one partner to the other go node to node on the
-same channels (``E c sender payload``); Redis stores none of them.
+same channels (``E c sender payload``); Redis stores none of them.  So do
+a partner's connection dropping and coming back (``A c sender``, ``B c
+sender``), a node's request for a session another has live (``H digest
+address new-id``), and, from ``MOVE``, the handed-over client's state
+(``V`` and JSON) and its new id for its partner's node (``N c old new``).
+``P.."sess:"..digest`` keeps the sessions (see ``KEEP_SESSION``).
 """
 
 from __future__ import annotations
