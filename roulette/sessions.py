@@ -47,8 +47,6 @@ MAX_DETACHED_PER_ADDRESS = 16
 #: Random bytes in a token: 192 bits, 32 characters of base64url.
 TOKEN_BYTES = 24
 TOKEN_LENGTH = 32
-#: Random bytes in a session's id (see Session.sid): 16 characters.
-SID_BYTES = 12
 
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -90,8 +88,9 @@ class Session:
     def __init__(self, address: str, digest: bytes, sid: str = "") -> None:
         #: The hash of the address the token was issued to.
         self.address = address
-        #: A random name for it that never changes (no token can be made
-        #: from it): what a pool of processes keys its cooldowns by.
+        #: A name for it that never changes (the hash of its first token:
+        #: no token can be made from it): what a pool of processes keys its
+        #: cooldowns by.
         self.sid = sid
         #: The keyed hash of its current token.
         self.digest = digest
@@ -272,8 +271,10 @@ class Sessions:
     def start(self, address: str) -> tuple[Session, str]:
         """A new session for a connection from ``address`` (hashed), and its token."""
         token = self._token()
-        sid = base64.urlsafe_b64encode(self._token_bytes(SID_BYTES)).decode("ascii")
-        session = Session(address, self.digest(token), sid)
+        digest = self.digest(token)
+        # Its first token's hash names it for good: unique as the token is,
+        # and no way back to any token (that one is spent at its next use).
+        session = Session(address, digest, digest.hex())
         session.used = self._clock()
         self._by_digest[session.digest] = session
         return session, token

@@ -326,8 +326,12 @@ def encode_wait(reason: str | None, until: float | None = None) -> bytes:
 
 def encode_session(token: str, resumed: bool) -> bytes:
     """The ``session`` event: the token to present when reconnecting, and
-    whether this connection picked up where a dropped one left off."""
-    return _frame({"type": "session", "token": token, "resumed": resumed})
+    whether this connection picked up where a dropped one left off.  (A
+    token is base64url: nothing in it needs escaping.)"""
+    return b'{"type":"session","token":"%s","resumed":%s}' % (
+        token.encode("ascii"),
+        b"true" if resumed else b"false",
+    )
 
 
 def encode_interests(tags: Sequence[str]) -> bytes:
