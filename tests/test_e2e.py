@@ -67,6 +67,16 @@ async def paired(url: str) -> tuple[Any, Any]:
     return a, b
 
 
+async def with_session(url: str, token: str = "") -> tuple[Any, dict[str, Any]]:
+    """A client of ``url`` (presenting a session's ``token``, if given), and
+    the ``session`` event that follows its first count."""
+    ws = await websockets.connect(url + (f"?session={token}" if token else ""))
+    assert json.loads(await ws.recv())["type"] == "online"
+    session = json.loads(await ws.recv())
+    assert session["type"] == "session"
+    return ws, session
+
+
 async def closed_with(ws: Any, timeout: float = 5.0) -> int | None:
     try:
         while True:
@@ -111,10 +121,8 @@ def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
         await send(a, {"type": "next"})
         assert await recv(b) == {"type": "partner_left"}
         assert await recv(a) == {"type": "waiting"}
-        c = await websockets.connect(server.ws_url)
-        assert json.loads(await c.recv())["type"] == "online"
-        session = json.loads(await c.recv())
-        assert session["type"] == "session" and session["resumed"] is False
+        c, session = await with_session(server.ws_url)
+        assert session["resumed"] is False
         assert await recv(c) == {"type": "waiting"}
         assert await recv(c) == {"type": "paired", "common": []}
         assert await recv(a) == {"type": "paired", "common": []}
@@ -130,10 +138,8 @@ def test_pairing_relay_next_and_tcp_drop(server: RunningServer) -> None:
         await send(a, {"type": "message", "text": "are you there?", "id": 1})
         assert await recv(a) == {"type": "sent", "id": 1}
         # c comes back with its session's token: the chat goes on.
-        c2 = await websockets.connect(f"{server.ws_url}?session={session['token']}")
-        assert json.loads(await c2.recv())["type"] == "online"
-        again = json.loads(await c2.recv())
-        assert again["type"] == "session" and again["resumed"] is True
+        c2, again = await with_session(server.ws_url, session["token"])
+        assert again["resumed"] is True
         assert await recv(c2) == {"type": "partner_back"}
         assert await recv(c2) == {"type": "message", "text": "are you there?"}
         assert await recv(a) == {"type": "partner_back"}

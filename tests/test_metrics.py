@@ -31,9 +31,9 @@ from support import (
     upgrade_request,
     wait_until,
 )
+from test_e2e import closed_with
 from twisted.internet import task
 from twisted.python.usage import UsageError
-from websockets.exceptions import ConnectionClosed
 
 import roulette.server
 from roulette import metrics
@@ -131,15 +131,6 @@ async def connect(server: RunningServer, address: str) -> Any:
     return await websockets.connect(
         server.ws_url, additional_headers={"X-Forwarded-For": address}, open_timeout=5
     )
-
-
-async def closed_with(ws: Any, timeout: float = 5.0) -> int | None:
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed:
-        pass
-    return ws.close_code
 
 
 def raw_status(port: int, request: bytes) -> int:

@@ -813,11 +813,10 @@ def test_a_dropped_client_of_one_process_resumes_its_chat_with_one_of_another(
     """Over real sockets: partners on two processes; one's TCP connection
     is cut, the other hears ``partner_away`` across Redis, and the first
     comes back to its process with its token: the chat goes on."""
-    import json
 
     import websockets
     from support import RunningServer, run_async
-    from test_e2e import recv, send
+    from test_e2e import recv, send, with_session
 
     url = redis.url.rsplit("/", 1)[0] + "/9"  # a database of this test's own
     with (
@@ -826,10 +825,7 @@ def test_a_dropped_client_of_one_process_resumes_its_chat_with_one_of_another(
     ):
 
         async def scenario() -> None:
-            a = await websockets.connect(one.ws_url)
-            assert json.loads(await a.recv())["type"] == "online"
-            session = json.loads(await a.recv())
-            assert session["type"] == "session"
+            a, session = await with_session(one.ws_url)
             assert await recv(a) == {"type": "waiting"}
             b = await websockets.connect(two.ws_url)
             assert await recv(b) == {"type": "waiting"}
@@ -839,9 +835,8 @@ def test_a_dropped_client_of_one_process_resumes_its_chat_with_one_of_another(
             assert await recv(b) == {"type": "partner_away"}
             await send(b, {"type": "message", "text": "kept for you", "id": 1})
             assert await recv(b) == {"type": "sent", "id": 1}
-            back = await websockets.connect(f"{one.ws_url}?session={session['token']}")
-            assert json.loads(await back.recv())["type"] == "online"
-            assert json.loads(await back.recv())["resumed"] is True
+            back, again = await with_session(one.ws_url, session["token"])
+            assert again["resumed"] is True
             assert await recv(back) == {"type": "partner_back"}
             assert await recv(back) == {"type": "message", "text": "kept for you"}
             assert await recv(b) == {"type": "partner_back"}
@@ -859,22 +854,14 @@ def test_a_session_is_taken_up_by_another_process_of_the_pool(redis: RedisServer
     """Over real sockets: a page reloaded through another process keeps its
     session (the stranger it skipped does not come back), and one that comes
     back after the grace through another process hears its chat ended."""
-    import json
 
-    import websockets
     from support import RunningServer, run_async
-    from test_e2e import recv, send
+    from test_e2e import recv, send, with_session
 
     url = redis.url.rsplit("/", 1)[0] + "/10"  # a database of this test's own
     options = ("--redis", url, "--repair-cooldown", "60", "--resume-grace", "1")
     with RunningServer(None, *options) as one, RunningServer(None, *options) as two:
-
-        async def connect(server_url: str, token: str = "") -> tuple[Any, dict[str, Any]]:
-            ws = await websockets.connect(server_url + (f"?session={token}" if token else ""))
-            assert json.loads(await ws.recv())["type"] == "online"
-            session = json.loads(await ws.recv())
-            assert session["type"] == "session"
-            return ws, session
+        connect = with_session
 
         async def paired_within(ws: Any, seconds: float) -> bool:
             try:
@@ -891,8 +878,13 @@ def test_a_session_is_taken_up_by_another_process_of_the_pool(redis: RedisServer
             assert await recv(a) == {"type": "paired", "common": []}
             await send(a, {"type": "next"})  # a skips b
             assert await recv(a) == {"type": "waiting"}
-            await recv(b)  # partner_left
+            assert [(await recv(b))["type"] for _ in range(3)] == [
+                "waiting",
+                "paired",
+                "partner_left",
+            ]
             await send(b, {"type": "next"})
+            assert await recv(b) == {"type": "waiting"}
             await a.close(code=1001)  # a reload
             again, second = await connect(two.ws_url, first["token"])
             assert second["resumed"] is False and second["token"] != first["token"]
@@ -933,11 +925,10 @@ def test_a_dropped_chat_is_picked_up_through_another_process(redis: RedisServer)
     it comes back through the other (as workers sharing a port send it):
     that process asks the first for the session, which hands it over with
     what was kept for it; its partner, on the first, chats on."""
-    import json
 
     import websockets
     from support import RunningServer, run_async
-    from test_e2e import recv, send
+    from test_e2e import recv, send, with_session
 
     url = redis.url.rsplit("/", 1)[0] + "/11"  # a database of this test's own
     with (
@@ -946,9 +937,7 @@ def test_a_dropped_chat_is_picked_up_through_another_process(redis: RedisServer)
     ):
 
         async def scenario() -> None:
-            a = await websockets.connect(one.ws_url)
-            assert json.loads(await a.recv())["type"] == "online"
-            session = json.loads(await a.recv())
+            a, session = await with_session(one.ws_url)
             b = await websockets.connect(one.ws_url)
             assert await recv(b) == {"type": "waiting"}
             assert await recv(b) == {"type": "paired", "common": []}
@@ -956,10 +945,8 @@ def test_a_dropped_chat_is_picked_up_through_another_process(redis: RedisServer)
             assert await recv(b) == {"type": "partner_away"}
             await send(b, {"type": "message", "text": "first"})
             await send(b, {"type": "message", "text": "second"})
-            back = await websockets.connect(f"{two.ws_url}?session={session['token']}")
-            assert json.loads(await back.recv())["type"] == "online"
-            again = json.loads(await back.recv())
-            assert again["type"] == "session" and again["resumed"] is True
+            back, again = await with_session(two.ws_url, session["token"])
+            assert again["resumed"] is True
             assert await recv(back) == {"type": "partner_back"}
             assert await recv(back) == {"type": "message", "text": "first"}
             assert await recv(back) == {"type": "message", "text": "second"}
@@ -971,9 +958,8 @@ def test_a_dropped_chat_is_picked_up_through_another_process(redis: RedisServer)
             assert [(await recv(b))["text"] for _ in range(3)] == ["a0", "a1", "a2"]
             # Its connection to the second process is taken over by a third
             # connection, through the first: the chat moves back.
-            third = await websockets.connect(f"{one.ws_url}?session={again['token']}")
-            assert json.loads(await third.recv())["type"] == "online"
-            assert json.loads(await third.recv())["resumed"] is True
+            third, last = await with_session(one.ws_url, again["token"])
+            assert last["resumed"] is True
             assert await recv(third) == {"type": "partner_back"}
             assert [await recv(b), await recv(b)] == [
                 {"type": "partner_away"},

@@ -45,6 +45,22 @@ async def pair(h: Harness) -> tuple[Client, Client]:
     return a, b
 
 
+async def dropped(h: Harness, *addresses: str) -> tuple[Client, Client]:
+    """Two clients chatting (from ``addresses``, behind a trusted proxy,
+    if given), the first of whose connection drops without a close; its
+    partner is told at once."""
+    if addresses:
+        h.lobby.gate.trust_proxy = 1
+        a, b = [await h.connect({"X-Forwarded-For": address}) for address in addresses]
+        said(a), said(b)
+    else:
+        a, b = await pair(h)
+    a.dropConnection(abort=True)
+    h.pump()
+    assert said(b) == [{"type": "partner_away"}]
+    return a, b
+
+
 def close(client: Client, code: int | None) -> None:
     """Send a close frame, as a browser does (Autobahn's sendClose refuses
     1001, which a page that goes away sends)."""
@@ -120,12 +136,9 @@ async def test_a_dropped_client_comes_back_to_its_chat_with_what_it_missed(h: Ha
 
 @pytest_twisted.ensureDeferred
 async def test_back_after_the_grace_the_chat_has_ended_and_it_starts_idle(h: Harness) -> None:
-    a, b = await pair(h)
-    a.dropConnection(abort=True)
-    h.pump()
+    a, b = await dropped(h)
     message(b, "still there?")
     h.pump()
-    assert said(b) == [{"type": "partner_away"}]
     h.tick(GRACE)
     assert said(b) == [{"type": "partner_left"}]
     a2 = await back(h, a.token)
@@ -140,13 +153,11 @@ async def test_back_after_the_grace_the_chat_has_ended_and_it_starts_idle(h: Har
 
 @pytest_twisted.ensureDeferred
 async def test_a_partner_who_leaves_meanwhile_ends_the_chat(h: Harness) -> None:
-    a, b = await pair(h)
-    a.dropConnection(abort=True)
-    h.pump()
+    a, b = await dropped(h)
     message(b, "bye then")
     b.send({"type": "next"})
     h.pump()
-    assert [e["type"] for e in said(b)] == ["partner_away", "waiting"]
+    assert [e["type"] for e in said(b)] == ["waiting"]
     c = await h.connect()  # b meets someone else; never the one away
     assert [e["type"] for e in said(c)] == ["waiting", "paired"]
     assert [e["type"] for e in said(b)] == ["paired"]
@@ -162,10 +173,7 @@ async def test_a_partner_who_leaves_meanwhile_ends_the_chat(h: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_what_is_held_for_a_partner_away_is_capped(h: Harness) -> None:
-    a, b = await pair(h)
-    a.dropConnection(abort=True)
-    h.pump()
-    said(b)
+    a, b = await dropped(h)
     for i in range(sessions.MAX_HELD):
         message(b, f"m{i}", id=i + 1)
     message(b, "one too many", id=99)
@@ -183,10 +191,7 @@ async def test_what_is_held_for_a_partner_away_is_capped(h: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_what_is_held_is_capped_in_bytes_too(h: Harness) -> None:
-    a, b = await pair(h)
-    a.dropConnection(abort=True)
-    h.pump()
-    said(b)
+    a, b = await dropped(h)
     text = "é" * 2000  # 4 KiB and a little more, encoded
     size = len(wire.encode_message(text))
     fits = sessions.MAX_HELD_BYTES // size
@@ -202,13 +207,7 @@ async def test_what_is_held_is_capped_in_bytes_too(h: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_token_from_another_address_starts_a_fresh_session(h: Harness) -> None:
-    h.lobby.gate.trust_proxy = 1
-    a = await h.connect({"X-Forwarded-For": "203.0.113.1"})
-    b = await h.connect({"X-Forwarded-For": "203.0.113.2"})
-    said(a), said(b)
-    a.dropConnection(abort=True)
-    h.pump()
-    assert said(b) == [{"type": "partner_away"}]
+    a, b = await dropped(h, "203.0.113.1", "203.0.113.2")
     thief = await back(h, a.token, {"X-Forwarded-For": "198.51.100.9"})
     assert thief.sessions[0]["resumed"] is False
     assert said(thief) == [{"type": "waiting"}]  # a newcomer, nowhere near b's chat
@@ -221,10 +220,8 @@ async def test_a_token_from_another_address_starts_a_fresh_session(h: Harness) -
 
 @pytest_twisted.ensureDeferred
 async def test_a_spent_or_made_up_token_starts_a_fresh_session(h: Harness) -> None:
-    a, _ = await pair(h)
+    a, _ = await dropped(h)
     old = a.token
-    a.dropConnection(abort=True)
-    h.pump()
     a2 = await back(h, old)
     assert a2.sessions[0]["resumed"] is True
     for token in (old, "A" * sessions.TOKEN_LENGTH, "short", "x" * 500, "%00" * 3):
@@ -386,10 +383,7 @@ async def test_a_grace_of_zero_ends_a_dropped_chat_at_once() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_shutting_down_gives_up_on_the_sessions_away(h: Harness) -> None:
-    a, b = await pair(h)
-    a.dropConnection(abort=True)
-    h.pump()
-    assert said(b) == [{"type": "partner_away"}]
+    _, b = await dropped(h)
     h.lobby.stopService()
     h.pump()
     assert b.closed is not None and b.closed[1] == 1001
@@ -414,13 +408,7 @@ def test_a_token_in_a_url_is_left_out_of_the_access_log() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_ban_gives_up_on_the_banned_sessions_away(h: Harness) -> None:
-    h.lobby.gate.trust_proxy = 1
-    a = await h.connect({"X-Forwarded-For": "203.0.113.1"})
-    b = await h.connect({"X-Forwarded-For": "203.0.113.2"})
-    said(a), said(b)
-    a.dropConnection(abort=True)
-    h.pump()
-    assert said(b) == [{"type": "partner_away"}]
+    _, b = await dropped(h, "203.0.113.1", "203.0.113.2")
     keys = h.lobby.gate.hasher.keys("203.0.113.1")
     h.lobby.ban(keys.address, h.clock.seconds() + 600)
     h.pump()
