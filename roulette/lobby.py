@@ -243,6 +243,8 @@ class Lobby(Service):
         self.sessions = Sessions(reactor.seconds)
         # The sessions away, each with the timer that gives up on it.
         self._graces: dict[Session, IDelayedCall] = {}
+        #: Sessions picked up again by a new connection (for the metrics).
+        self.resumed = 0
         self._wakeup: IDelayedCall | None = None
         self._clients: dict[Client, None] = {}
         self._online_ticker = LoopingCall(self._broadcast_online)
@@ -473,6 +475,7 @@ class Lobby(Service):
             client.send_notice(wire.MATCHING_PAUSED, MATCHING_PAUSED)
         client.send_welcome()
         if resuming:
+            self.resumed += 1
             log.info("client {address} resumed its session", address=client.address)
             client.resume(previous)
             if interests:
@@ -639,6 +642,11 @@ class Lobby(Service):
 
     def stats(self) -> Stats:
         return self.matchmaker.stats()
+
+    @property
+    def sessions_away(self) -> int:
+        """How many sessions wait out the resume grace now."""
+        return len(self._graces)
 
     def admission(self, keys: AddressKeys) -> dict[str, object]:
         """Whether a WebSocket from the address with these ``keys`` would be

@@ -170,6 +170,10 @@ class Figures:
     relayed: int = 0
     ended: dict[str, int] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
+    #: Sessions away now (their connection dropped, within the grace), and
+    #: sessions picked up again by a connection since the start.
+    away: int = 0
+    resumed: int = 0
 
 
 class Metrics:
@@ -281,8 +285,10 @@ class Metrics:
 
     def _read(self) -> Figures:
         own, pool, nodes, paused = _NO_ONE, None, 0, False
+        away = resumed = 0
         lobby = self._lobby
         if lobby is not None:
+            away, resumed = lobby.sessions_away, lobby.resumed
             matchmaker = lobby.matchmaker
             if isinstance(matchmaker, RedisMatchmaker):
                 own, pool, nodes = matchmaker.local_stats(), matchmaker.stats(), matchmaker.nodes
@@ -298,6 +304,8 @@ class Metrics:
             self.relayed,
             dict(self.ended),
             dict(self.refusals),
+            away,
+            resumed,
         )
 
     @property
@@ -378,6 +386,16 @@ class _Collector:
         for reason, count in f.refusals.items():
             refusals.add_metric((reason,), count)
         yield refusals
+        yield GaugeMetricFamily(
+            "roulette_sessions_away",
+            "Sessions whose connection dropped, waiting out the resume grace.",
+            f.away,
+        )
+        yield CounterMetricFamily(
+            "roulette_sessions_resumed",
+            "Sessions picked up by a new connection after a drop (their chat or wait went on).",
+            f.resumed,
+        )
 
 
 class _Labelled:

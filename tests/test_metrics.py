@@ -52,6 +52,8 @@ CONTRACT = (
     "roulette_wait_seconds",
     "roulette_chat_seconds",
     "roulette_event_loop_lag_seconds",
+    "roulette_sessions_away",
+    "roulette_sessions_resumed",
     "process_cpu_seconds",
     "process_resident_memory_bytes",
     "process_open_fds",
@@ -739,6 +741,24 @@ async def test_a_chat_whose_partner_never_comes_back_is_dropped_once(harness: Ha
     assert value(samples, "roulette_chat_seconds_count") == 1
     assert value(samples, "roulette_chat_seconds_sum") > 12.0  # and the grace waited
     assert value(samples, "roulette_chatting") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_away_and_resumed(harness: Harness) -> None:
+    m = harness.factory.metrics
+    a, _ = await _paired(harness)
+    token = a.token
+    a.dropConnection(abort=True)
+    harness.pump()
+    samples = _samples(m)
+    assert value(samples, "roulette_sessions_away") == 1
+    assert value(samples, "roulette_sessions_resumed_total") == 0
+    back = await harness.connect(path=f"/ws?session={token}")
+    assert back.sessions[0]["resumed"] is True
+    samples = _samples(m)
+    assert value(samples, "roulette_sessions_away") == 0
+    assert value(samples, "roulette_sessions_resumed_total") == 1
+    assert m.ended == dict.fromkeys(CHAT_ENDINGS, 0)  # the chat goes on
 
 
 @pytest_twisted.ensureDeferred
