@@ -774,17 +774,22 @@ class RedisMatchmaker(Service):
     def report(
         self, peer: Peer, reported: Callable[[ReportedChat | None], object] | None = None
     ) -> None:
+        before = self._status[self._ids[peer]]
         client = self._leave_locally(peer, "w")
+        gen = self._gen[client]
         now = self._clock.seconds()
-        d = self._call(
-            scripts.LEAVE, client, str(self._gen[client]), "report", *self._leave_args(), now=now
-        )
+        d = self._call(scripts.LEAVE, client, str(gen), "report", *self._leave_args(), now=now)
 
         def done(result: list[str] | None) -> None:
-            if reported is None:
-                return
             if result is None or len(result) < 5:
-                reported(None)  # no partner by then (or Redis failed: nothing was done)
+                # No partner by then (or Redis failed): nothing was done, and
+                # the client is as it was, unless something happened since.
+                if self._gen.get(client) == gen and self._status[client] == "w":
+                    self._status[client] = before
+                if reported is not None:
+                    reported(None)
+                return
+            if reported is None:
                 return
             partner, identity, began, sent = result[1:5]
             keys = _keys_from_text(result[5]) if len(result) > 5 else None

@@ -311,6 +311,26 @@ async def test_a_session_connecting_again_through_another_node_keeps_its_cooldow
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_report_without_a_partner_leaves_an_idle_client_idle(pool: Pool) -> None:
+    """The node's idea of its client (what it tells it when it is away and
+    back) is not changed by a report that found no partner."""
+    n1 = await pool.node(1)
+    (a,) = peers("a")
+    n1.connect(a)
+    n1.stop(a)
+    await pool.settle()
+    outcomes: list[object] = []
+    n1.report(a, outcomes.append)
+    await pool.settle()
+    assert outcomes == [None]
+    a.take()
+    n1.away(a)
+    n1.back(a)
+    await pool.settle()
+    assert a.take() == []  # idle before, idle after: not queued
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_makes_both_idle_and_stats_count_the_pool(pool: Pool) -> None:
     n1 = await pool.node(1)
     n2 = await pool.node(2)
