@@ -132,6 +132,35 @@ def expect_chatting(*chats: Chat, timeout: float | None = None) -> None:
         expect(chat.status).to_have_text(CHATTING, timeout=timeout)
 
 
+def ask_then_confirm(chat: Chat, partner: Chat, name: str) -> None:
+    """Press ``name`` (Report, Block) in a chat: the first press only asks
+    ("Really report?"), and the question goes away by itself, the chat going
+    on; pressed and confirmed, it is done."""
+    really = f"Really {name.lower()}?"
+    expect(chat.button(name)).to_be_enabled()
+    chat.button(name).click()
+    expect(chat.button(really)).to_be_visible()
+    expect(chat.button(name)).to_be_visible(timeout=5_000)
+    expect(partner.status).to_have_text(CHATTING)
+    chat.button(name).click()
+    chat.button(really).click()
+
+
+def meets_one_then_the_other(newcomer: Chat, alice: Chat, bob: Chat) -> Chat:
+    """A newcomer meets one of two who wait but never meet each other, and
+    after its Next the other: the one it chats with then."""
+    expect(newcomer.status).to_have_text(CHATTING)
+    pump_until(
+        newcomer.page, lambda: CHATTING in (alice.status.inner_text(), bob.status.inner_text())
+    )
+    first, second = (alice, bob) if alice.status.inner_text() == CHATTING else (bob, alice)
+    expect(second.status).to_have_text(LOOKING)
+    newcomer.button("Next").click()
+    expect(first.status).to_have_text(PARTNER_LEFT)
+    expect_chatting(newcomer, second)
+    return second
+
+
 def untimed(line: str) -> str:
     """A line of a saved log without its time ("[14:03] ")."""
     return re.sub(r"^\[\d\d:\d\d\] ", "", line)
@@ -682,16 +711,8 @@ def test_report_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) 
         bob.say("something rude")
         expect(alice.lines).to_have_text(["Stranger: something rude"])
 
-        # The first press only asks, and the question goes away by itself.
-        expect(alice.button("Report")).to_be_enabled()
-        alice.button("Report").click()
-        expect(alice.button("Really report?")).to_be_visible()
-        expect(alice.button("Report")).to_be_visible(timeout=5_000)
-        expect(bob.status).to_have_text(CHATTING)
-
         # Asked and confirmed: the chat ends, and Alice looks again.
-        alice.button("Report").click()
-        alice.button("Really report?").click()
+        ask_then_confirm(alice, bob, "Report")
         expect(bob.status).to_have_text(PARTNER_LEFT)
         expect(alice.status).to_have_text(REPORTED)
         expect(alice.lines).to_have_count(0)
@@ -712,15 +733,7 @@ def test_report_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) 
 
         # A third stranger meets one of them, then the other.
         carol = stranger("192.0.2.3")
-        expect(carol.status).to_have_text(CHATTING)
-        pump_until(
-            carol.page, lambda: CHATTING in (alice.status.inner_text(), bob.status.inner_text())
-        )
-        first, second = (alice, bob) if alice.status.inner_text() == CHATTING else (bob, alice)
-        expect(second.status).to_have_text(LOOKING)
-        carol.button("Next").click()
-        expect(first.status).to_have_text(PARTNER_LEFT)
-        expect_chatting(carol, second)
+        second = meets_one_then_the_other(carol, alice, bob)
         carol.say("hello, second stranger")
         expect(second.lines).to_have_text(["Stranger: hello, second stranger"])
 

@@ -31,7 +31,9 @@ from test_page import (
     Chat,
     OpenChat,
     Relay,
+    ask_then_confirm,
     expect_chatting,
+    meets_one_then_the_other,
     pump_until,
     strangers_behind_a_proxy,
 )
@@ -458,15 +460,7 @@ def test_block_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -
         bob.say("hello")
         expect(alice.lines).to_have_text(["Stranger: hello"])
 
-        # The first press only asks.
-        expect(alice.button("Block")).to_be_enabled()
-        alice.button("Block").click()
-        expect(alice.button("Really block?")).to_be_visible()
-        expect(alice.button("Block")).to_be_visible(timeout=5_000)
-        expect(bob.status).to_have_text(CHATTING)
-
-        alice.button("Block").click()
-        alice.button("Really block?").click()
+        ask_then_confirm(alice, bob, "Block")
         expect(bob.status).to_have_text(PARTNER_LEFT)
         expect(alice.status).to_have_text(LOOKING)
         expect(alice.log.locator(".line")).to_have_text(["Stranger: hello", BLOCKED])
@@ -486,16 +480,7 @@ def test_block_ends_the_chat_and_the_two_never_meet_again(open_chat: OpenChat) -
         expect(bob.status).to_have_text(LOOKING)
 
         # A third stranger meets one of them, then the other.
-        carol = stranger("192.0.2.3")
-        expect(carol.status).to_have_text(CHATTING)
-        pump_until(
-            carol.page, lambda: CHATTING in (alice.status.inner_text(), bob.status.inner_text())
-        )
-        first, second = (alice, bob) if alice.status.inner_text() == CHATTING else (bob, alice)
-        expect(second.status).to_have_text(LOOKING)
-        carol.button("Next").click()
-        expect(first.status).to_have_text(PARTNER_LEFT)
-        expect_chatting(carol, second)
+        meets_one_then_the_other(stranger("192.0.2.3"), alice, bob)
 
 
 def test_a_block_that_crosses_the_partner_leaving_keeps_the_page_in_step(
