@@ -395,15 +395,8 @@ class Lobby(Service):
             or (session.connection is None and not session.away)
         ):
             return  # unknown here, or kept for anyone already
-        if session.connection is not None:
-            old = cast(Client, session.connection)
-            del self._clients[old]
-            old.replaced()
-            session.detach(away=True)
-            self.matchmaker.away(session)
-        grace = self._graces.pop(session, None)
-        if grace is not None and grace.active():
-            grace.cancel()
+        self._replace_connection(session)
+        self._end_grace(session)
         last = cast("Client | None", session.last)
         passed = {
             "sid": session.sid,
@@ -452,16 +445,10 @@ class Lobby(Service):
             )
         resuming = session.away or session.connection is not None
         previous = cast("Client | None", session.last)
-        if session.connection is not None:
-            # Its connection seems open: one that died unnoticed (a phone
-            # that changed networks), or the tab's copy.  This one goes on.
-            old = cast(Client, session.connection)
-            del self._clients[old]
-            old.replaced()
-            self.matchmaker.away(session)
-        grace = self._graces.pop(session, None)
-        if grace is not None and grace.active():
-            grace.cancel()
+        # Its connection may seem open: one that died unnoticed (a phone
+        # that changed networks), or the tab's copy.  This one goes on.
+        self._replace_connection(session)
+        self._end_grace(session)
         self._clients[client] = None
         client.session = session
         session.attach(client)
@@ -529,14 +516,29 @@ class Lobby(Service):
         """The session away did not come back in time: it leaves the
         matchmaker (its partner is told).  Should it come back later, it is
         told its chat ended, if it had one."""
-        grace = self._graces.pop(session)
-        if grace.active():
-            grace.cancel()
+        self._end_grace(session)
         last = cast("Client | None", session.last)
         chatting = last.chatting if last is not None else session.carried.get("paired", False)
         missed = session.ended_while_away or chatting
         self._end_session(session, missed)
         self._reschedule()
+
+    def _replace_connection(self, session: Session) -> None:
+        """Another connection picks the session up: the one it has, if any,
+        is closed (4001) and speaks for it no more; meanwhile it is away."""
+        if session.connection is None:
+            return
+        old = cast(Client, session.connection)
+        del self._clients[old]
+        old.replaced()
+        session.detach(away=True)
+        self.matchmaker.away(session)
+
+    def _end_grace(self, session: Session) -> None:
+        """The session is away no more (back, handed over, or given up)."""
+        grace = self._graces.pop(session, None)
+        if grace is not None and grace.active():
+            grace.cancel()
 
     def _end_session(self, session: Session, missed: bool = False) -> None:
         """The session leaves the matchmaker, and is kept without a
