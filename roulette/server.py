@@ -146,6 +146,8 @@ class RouletteProtocol(WebSocketServerProtocol):
     _ended_here = False
     #: The code of the close frame the client sent, if it sent one.
     _close_received: int | None = None
+    #: Another connection took its session over (see replaced).
+    _replaced = False
     #: The partner's connection dropped: chat messages to it are held (and
     #: counted here, against the session's caps) until it is back.
     _partner_away = False
@@ -343,7 +345,9 @@ class RouletteProtocol(WebSocketServerProtocol):
             )
             self.factory.lobby.leave(self, away)
             self.factory.metrics.closed(self.failedByMe, self.localCloseCode)
-            if self.session.connection is None and not self.session.away:  # no resume to come
+            # Its chat ended with it, unless a resume may follow or another
+            # connection (of this process or another) took the session over.
+            if not self._replaced and self.session.connection is None and not self.session.away:
                 self._ended("left" if wasClean else "dropped")
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
@@ -750,6 +754,7 @@ class RouletteProtocol(WebSocketServerProtocol):
         self.send_event(wire.PARTNER_LEFT_WHILE_AWAY)
 
     def replaced(self) -> None:
+        self._replaced = True
         log.info("client {address}: its session was resumed elsewhere", address=self.address)
         # It may be dead (that is why it is resumed): Autobahn drops it if
         # the close is not answered in time.

@@ -611,6 +611,49 @@ def test_each_node_of_a_pool_labels_its_own_figures(redis: RedisServer) -> None:
         assert value(after[1], "roulette_wait_seconds_count", node=nodes[1]) == 1
 
 
+def test_a_chat_handed_over_to_another_node_is_not_counted_as_ended(redis: RedisServer) -> None:
+    """A connection whose session another node takes over (its token
+    presented there) is closed, but its chat goes on: it ends once, where
+    it ends."""
+    from test_e2e import with_session
+
+    url = redis.url.rsplit("/", 1)[0] + "/12"  # a database of this test's own
+    options = ("--redis", url, "--repair-cooldown", "0")
+    with Metered(*options) as one, Metered(*options) as two:
+
+        async def scenario() -> None:
+            a, session = await with_session(one.ws_url)
+            await recv(a, "waiting")
+            b = await websockets.connect(one.ws_url)
+            await recv(b, "paired")
+            await recv(a, "paired")
+            # a's connection still seems open; its token is presented to two.
+            again, resumed = await with_session(two.ws_url, session["token"])
+            assert resumed["resumed"] is True
+            assert await closed_with(a) == 4001
+            await recv(again, "partner_back")
+            await send(b, {"type": "next"})
+            await recv(again, "partner_left")
+            await again.close()
+            await b.close()
+
+        before = [one.scrape(), two.scrape()]
+        run_async(scenario())
+        after = [one.scrape(), two.scrape()]
+        nodes = [one.health()["node"], two.health()["node"]]
+        ended = [
+            {
+                how: moved(b, a, "roulette_chats_ended_total", node=n, how=how)
+                for how in CHAT_ENDINGS
+            }
+            for n, b, a in zip(nodes, before, after, strict=True)
+        ]
+        assert ended == [
+            {**dict.fromkeys(CHAT_ENDINGS, 0), "next": 1},
+            dict.fromkeys(CHAT_ENDINGS, 0),
+        ]
+
+
 # -- the options ---------------------------------------------------------------------
 
 
