@@ -539,27 +539,20 @@ class RedisMatchmaker(Service):
             return state
 
         d.addCallback(answered)
-        message = f"H {digest} {address} {client}"
-        self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
+        self._notify(node, f"H {digest} {address} {client}")
         return d
 
     def hand_over(self, peer: Peer, client: str, passed: dict[str, Any]) -> None:
         """Hand ``peer`` over to the node whose client it is now (``client``,
         that node's id for it), with ``passed`` (JSON): its chat and
         cooldowns go with it; this node forgets it without a word."""
-        old = self._ids.pop(peer)
+        mine = self._ids[peer]
         passed = {
             **passed,
-            "status": self._status[old],
-            "was_waiting": self._away.get(old, False),
+            "status": self._status[mine],
+            "was_waiting": self._away.get(mine, False),
         }
-        del self._peers[old]
-        for table in (self._gen, self._status, self._identity, self._keys):
-            del table[old]
-        for other in (self._partner, self._queue, self._interests, self._ck, self._away):
-            other.pop(old, None)
-        self._offers.discard(old)
-        self._said.discard(old)
+        old = self._forget_locally(peer)
         self._moved[old] = client
         self._clock.callLater(MOVED_FOR, self._moved.pop, old, None)
         self._call(scripts.MOVE, old, client, json.dumps(passed), deadline=False)
@@ -799,22 +792,21 @@ class RedisMatchmaker(Service):
         d.addCallback(done)
 
     def disconnect(self, peer: Peer) -> None:
-        client = self._ids.pop(peer, None)
-        if client is None:
-            return
+        if peer in self._ids:
+            client = self._forget_locally(peer)
+            self._call(scripts.DISCONNECT, client, repr(float(self._cooldown)))
+
+    def _forget_locally(self, peer: Peer) -> str:
+        """Forget all this node keeps of ``peer``'s client; its id."""
+        client = self._ids.pop(peer)
         del self._peers[client]
-        del self._gen[client]
-        del self._status[client]
-        del self._identity[client]
-        del self._keys[client]
-        self._partner.pop(client, None)
+        for table in (self._gen, self._status, self._identity, self._keys):
+            del table[client]
+        for other in (self._partner, self._queue, self._interests, self._ck, self._away):
+            other.pop(client, None)
         self._offers.discard(client)
-        self._queue.pop(client, None)
-        self._interests.pop(client, None)
         self._said.discard(client)
-        self._away.pop(client, None)
-        self._ck.pop(client, None)
-        self._call(scripts.DISCONNECT, client, repr(float(self._cooldown)))
+        return client
 
     def away(self, peer: Peer) -> None:
         client = self._ids[peer]
@@ -849,9 +841,7 @@ class RedisMatchmaker(Service):
         """A notice for a client handed over to another node meanwhile: on
         to its new id there."""
         new = self._moved[client]
-        node = new.rpartition(":")[0]
-        message = f"{kind} {new} {rest}"
-        self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
+        self._notify(new.rpartition(":")[0], f"{kind} {new} {rest}")
 
     def _tell_partner(self, client: str, kind: str) -> None:
         """Tell the client's partner that it is away (``kind`` "A") or back
@@ -865,9 +855,11 @@ class RedisMatchmaker(Service):
                 _tell(target, kind)
             return
         if not self.paused:
-            node = other.rpartition(":")[0]
-            message = f"{kind} {other} {client}"
-            self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
+            self._notify(other.rpartition(":")[0], f"{kind} {other} {client}")
+
+    def _notify(self, node: str, message: str) -> None:
+        """Publish ``message`` on ``node``'s channel (Redis keeps none of it)."""
+        self._redis.publish(f"{self._prefix}n:{node}", message).addErrback(_relay_failed)
 
     def relay(self, peer: Peer, event: bytes, said: bool = False) -> None:
         client = self._ids.get(peer)
